@@ -1,0 +1,141 @@
+"""The `selectit-trl` command: `score`, `train` and `report`.
+
+YAML recipes use TRL's flat keys (`ModelConfig`, `SFTConfig`, `ScriptArguments`) plus the `selection_*` keys;
+command-line flags override the file. TRL's own `trl sft` cannot be used for this: it hands keys it does not
+know to accelerate, which rejects the `selection_*` keys.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import logging
+import os
+import sys
+from importlib.resources import files
+
+USAGE = """usage: selectit-trl {score,train,report} ...
+
+  selectit-trl score --config RECIPE.yaml [--key value ...]   rate the training data, write OUTPUT_DIR/selection/
+  selectit-trl train --config RECIPE.yaml [--key value ...]   select (or reuse the selection), then train
+  selectit-trl report OUTPUT_DIR                               summarise a finished selection
+"""
+
+
+def demo_dataset_path() -> str:
+    """The bundled demo dataset: 150 instruction/response pairs of mixed quality."""
+    return str(files("selectit_trl") / "data" / "quickstart.jsonl")
+
+
+def _parser():
+    from trl import ModelConfig, ScriptArguments, TrlParser
+
+    from .config import SelectiveSFTConfig
+
+    return TrlParser((ScriptArguments, SelectiveSFTConfig, ModelConfig))
+
+
+def parse_args(argv: list[str]):
+    """Recipe plus flags -> (script_args, training_args, model_args), with a hint for misspelt keys."""
+    parser = _parser()
+    try:
+        return parser.parse_args_and_config(argv)
+    except ValueError as error:
+        message = str(error)
+        if "Unknown arguments from config file" in message:
+            known = [f.name for dc in parser.dataclass_types for f in dataclasses.fields(dc)]
+            unknown = [s[2:] for s in message.split("[", 1)[1].split("]", 1)[0].replace("'", "").split(", ") if s.startswith("--")]
+            hints = []
+            for key in unknown:
+                close = difflib.get_close_matches(key, known, n=1)
+                hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+            raise ValueError(f"Unknown key(s) in the recipe: {', '.join(hints)}.") from None
+        raise
+
+
+def load_train_dataset(script_args):
+    """`dataset_name` as a local .json/.jsonl file or a hub id; the bundled demo data when it is left out."""
+    from datasets import load_dataset
+
+    name = script_args.dataset_name
+    if name is None:
+        logging.getLogger(__name__).warning("No dataset_name given: using the bundled demo dataset.")
+        name = demo_dataset_path()
+    if name.endswith((".json", ".jsonl")) or os.path.isfile(name):
+        if not os.path.isfile(name):
+            raise FileNotFoundError(f"dataset_name {name!r} looks like a local file, but it does not exist.")
+        return load_dataset("json", data_files=name, split="train")
+    return load_dataset(name, name=script_args.dataset_config, split=script_args.dataset_train_split)
+
+
+def build_trainer(script_args, training_args, model_args):
+    """The trainer exactly as a recipe describes it: model, quantisation, LoRA and data."""
+    from trl import get_peft_config, get_quantization_config
+
+    from .trainer import SelectiveSFTTrainer
+
+    training_args.model_init_kwargs = {
+        "revision": model_args.model_revision,
+        "trust_remote_code": training_args.trust_remote_code,
+        "attn_implementation": model_args.attn_implementation,
+        "dtype": model_args.dtype,
+        **(training_args.model_init_kwargs or {}),
+    }
+    if model_args.model_name_or_path is None:
+        # The embedded model is a local snapshot: there is no revision to ask for.
+        training_args.model_init_kwargs.pop("revision")
+    return SelectiveSFTTrainer(
+        model=model_args.model_name_or_path,
+        args=training_args,
+        train_dataset=load_train_dataset(script_args),
+        quantization_config=get_quantization_config(model_args),
+        peft_config=get_peft_config(model_args),
+    )
+
+
+def run(command: str, argv: list[str]) -> int:
+    from .report import write_report
+
+    script_args, training_args, model_args = parse_args(argv)
+    trainer = build_trainer(script_args, training_args, model_args)
+    if command == "score":
+        result = trainer.select()
+    else:
+        trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+        trainer.save_model(training_args.output_dir)
+        result = trainer.selection_result
+    if trainer.accelerator.is_main_process:
+        write_report(training_args.output_dir)
+        counts = result.summary["counts"]
+        print(f"SelectIT kept {counts['selected']} of {counts['total']} samples. Scores: {result.path}")
+        if command == "train":
+            print(f"Adapter and model card: {training_args.output_dir}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE, end="")
+        return 0 if argv else 2
+    command, rest = argv[0], argv[1:]
+    try:
+        if command == "report":
+            from .report import main as report_main
+
+            return report_main(rest)
+        if command in ("score", "train"):
+            return run(command, rest)
+    except (ValueError, FileNotFoundError) as error:
+        # A user's mistake: one line that says what to fix, not a traceback.
+        print(f"selectit-trl {command}: error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"selectit-trl {command}: interrupted.", file=sys.stderr)
+        return 130
+    print(f"selectit-trl: unknown command {command!r}.\n\n{USAGE}", end="", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

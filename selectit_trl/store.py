@@ -1,0 +1,61 @@
+"""The selection's files under `OUTPUT_DIR/selection/`: `scores.jsonl` and `summary.json`.
+
+Both are written to a temporary file and renamed into place, so a crash leaves either the previous complete
+file or the new complete file, never half of one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+
+SCORES_FILE = "scores.jsonl"
+SUMMARY_FILE = "summary.json"
+
+
+def selection_dir(output_dir: str | os.PathLike) -> Path:
+    return Path(output_dir) / "selection"
+
+
+def _atomic_write(path: Path, lines: Iterable[str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            for line in lines:
+                handle.write(line)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def write_selection(output_dir, records: Iterable[dict], summary: dict) -> Path:
+    """Write the per-sample records and the summary. The summary goes last: its presence marks a finished selection."""
+    folder = selection_dir(output_dir)
+    summary_path = folder / SUMMARY_FILE
+    if summary_path.exists():
+        summary_path.unlink()  # a scores file without its summary is never taken for a finished selection
+    _atomic_write(folder / SCORES_FILE, (json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    _atomic_write(summary_path, [json.dumps(summary, indent=2, ensure_ascii=False) + "\n"])
+    return folder
+
+
+def read_summary(output_dir) -> dict | None:
+    """The summary of a finished selection in `output_dir`, or None when there is none."""
+    path = selection_dir(output_dir) / SUMMARY_FILE
+    if not path.is_file():
+        return None
+    with open(path, encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+def read_scores(output_dir) -> list[dict]:
+    """All records of `scores.jsonl`, in dataset order."""
+    with open(selection_dir(output_dir) / SCORES_FILE, encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle if line.strip()]
