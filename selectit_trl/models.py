@@ -89,12 +89,12 @@ def parameter_count(config) -> int:
     The model is built on the meta device, so nothing is allocated. Counting the loaded weights instead
     would be wrong for 4-bit models, whose packed storage holds two values per byte.
     """
-    from accelerate import init_empty_weights
     from transformers import AutoModelForCausalLM
 
-    with init_empty_weights():
+    # The meta device, rather than accelerate's init_empty_weights, because only the former ties the LM head to
+    # the embeddings as the real model does; parameters() then yields the shared matrix once.
+    with torch.device("meta"):
         skeleton = AutoModelForCausalLM.from_config(config)
-    # parameters() yields tied weights once, so embeddings shared with the LM head count once.
     return sum(p.numel() for p in skeleton.parameters())
 
 

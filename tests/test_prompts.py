@@ -1,0 +1,96 @@
+"""Rating prompts and the two layouts, pinned to exact strings and token ids."""
+
+import pytest
+
+from selectit_trl.prompts import (
+    DEFAULT_RATING_PROMPTS,
+    RatingSample,
+    build_requests,
+    load_prompts,
+    render_prompt_first,
+    sample_first_texts,
+    score_token_ids,
+)
+
+
+def test_prompt_first_is_the_released_layout_byte_for_byte():
+    sample = RatingSample("Translate to French.\nGood morning", "Bonjour")
+    text = render_prompt_first(sample, "Rate the answer from 1 to 5.\n")
+    assert text == (
+        "Rate the answer from 1 to 5.\n\nInstruction:Translate to French.\nGood morning\nResponse:Bonjour\nThe answer is: \n"
+    )
+
+
+def test_prompt_file_lines_keep_their_newline(tmp_path):
+    path = tmp_path / "prompts.txt"
+    path.write_text("First prompt.\n\nSecond prompt.\nThird prompt.", encoding="utf-8")
+    assert load_prompts(3, 5, prompts_file=path) == ["First prompt.\n", "Second prompt.\n", "Third prompt."]
+    assert load_prompts(2, 5, prompts_file=path) == ["First prompt.\n", "Second prompt.\n"]
+
+
+def test_the_file_takes_precedence_over_the_list(tmp_path):
+    path = tmp_path / "p.txt"
+    path.write_text("From the file\n", encoding="utf-8")
+    assert load_prompts(1, 5, prompts=["From the list"], prompts_file=path) == ["From the file\n"]
+
+
+def test_list_prompts_and_scale_substitution():
+    assert load_prompts(1, 7, prompts=["Rate 1 to {score_max}, {braces} kept"]) == ["Rate 1 to 7, {braces} kept"]
+
+
+def test_default_set_is_large_and_distinct():
+    assert len(DEFAULT_RATING_PROMPTS) >= 9
+    assert len(set(DEFAULT_RATING_PROMPTS)) == len(DEFAULT_RATING_PROMPTS)
+    five = load_prompts(5, 5)
+    assert five == [p.replace("{score_max}", "5") for p in DEFAULT_RATING_PROMPTS[:5]]
+    assert all("5" in p for p in five)
+
+
+def test_too_many_prompts_asked_for(tmp_path):
+    with pytest.raises(ValueError, match="holds only 10 prompts"):
+        load_prompts(11, 5)
+    path = tmp_path / "empty.txt"
+    path.write_text("\n  \n", encoding="utf-8")
+    with pytest.raises(ValueError, match="No rating prompts"):
+        load_prompts(1, 5, prompts_file=path)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_prompts(1, 5, prompts_file=tmp_path / "missing.txt")
+
+
+def test_prompt_first_tokens_are_a_plain_tokenizer_call(tokenizer):
+    samples = [RatingSample("Add 2 and 3.", "5"), RatingSample("Name a colour.\nwarm", "Red")]
+    prompts = ["Rate it.\n", "Score it."]
+    requests = build_requests(samples, prompts, tokenizer, layout="prompt_first")
+    for sample, per_sample in zip(samples, requests):
+        assert per_sample == [tokenizer(render_prompt_first(sample, p)).input_ids for p in prompts]
+
+
+def test_sample_first_requests_share_the_sample_prefix(tokenizer):
+    sample = RatingSample("Add 2 and 3.", "2 and 3 make 5.")
+    prompts = load_prompts(3, 5)
+    requests = build_requests([sample], prompts, tokenizer, layout="sample_first", use_chat_template=False)[0]
+    prefix_text, suffixes = sample_first_texts(sample, prompts)
+    prefix = tokenizer(prefix_text).input_ids
+    assert all(r[: len(prefix)] == prefix for r in requests)
+    assert [r[len(prefix) :] for r in requests] == [tokenizer(s, add_special_tokens=False).input_ids for s in suffixes]
+    assert tokenizer.decode(requests[0]).endswith("\nRating: ")
+
+
+def test_sample_first_with_chat_template(tokenizer):
+    sample = RatingSample("Add 2 and 3.", "5")
+    requests = build_requests([sample], ["Rate it 1 to 5."], tokenizer, layout="sample_first", use_chat_template=True)
+    text = tokenizer.decode(requests[0][0])
+    assert text.endswith("Rate it 1 to 5.\nRating:<|im_end|>\n<|im_start|>assistant\n")
+    assert "Instruction:\nAdd 2 and 3.\n\nResponse:\n5" in text
+
+
+def test_prompt_first_never_uses_the_chat_template(tokenizer):
+    sample = RatingSample("Add 2 and 3.", "5")
+    requests = build_requests([sample], ["Rate it."], tokenizer, layout="prompt_first", use_chat_template=True)
+    assert "<|im_start|>" not in tokenizer.decode(requests[0][0])
+
+
+def test_score_tokens_must_be_single_tokens(tokenizer):
+    assert score_token_ids(tokenizer, 5) == [tokenizer.convert_tokens_to_ids(str(i)) for i in range(1, 6)]
+    with pytest.raises(ValueError, match=r"no single token for the rating\(s\) \['10'\]"):
+        score_token_ids(tokenizer, 10)

@@ -1,0 +1,134 @@
+"""SelectiveSFTTrainer end to end on a tiny random Llama: files, subset, which weights moved, resume."""
+
+import json
+import math
+
+import pytest
+import torch
+from peft import LoraConfig
+from transformers import AutoModelForCausalLM
+
+from selectit_trl import SelectiveSFTTrainer, selection
+from selectit_trl.store import read_scores, read_summary
+
+from conftest import cpu_config
+
+LORA = dict(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj"])
+
+
+def make_trainer(model_path, dataset, output_dir, **overrides):
+    return SelectiveSFTTrainer(
+        model=model_path, args=cpu_config(output_dir, **overrides), train_dataset=dataset, peft_config=LoraConfig(**LORA)
+    )
+
+
+def snapshot(model):
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def test_train_selects_scores_and_trains_lora_only(tiny_llama, demo_dataset, tmp_path):
+    dataset = demo_dataset(30)
+    trainer = make_trainer(tiny_llama, dataset, tmp_path, selection_ratio=0.3)
+    before = snapshot(trainer.model)
+    trainer.train()
+
+    # the subset
+    assert len(trainer.train_dataset) == math.floor(30 * 0.3) == 9
+    records = read_scores(tmp_path)
+    assert [r["index"] for r in records] == list(range(30))
+    assert sum(r["selected"] for r in records) == 9
+    kept = [r["index"] for r in records if r["selected"]]
+    assert kept == trainer.selection_result.kept_indices
+
+    # the contract's fields
+    model_id = tiny_llama
+    for r in records:
+        assert set(r) >= {"index", "score", "selected", "sentence_scores", "token_scores", "probs"}
+        assert list(r["sentence_scores"]) == [model_id]
+        assert len(r["token_scores"][model_id]) == 3
+        assert [len(row) for row in r["probs"][model_id]] == [5, 5, 5]
+        assert r["score"] == r["sentence_scores"][model_id]
+    threshold = min(r["score"] for r in records if r["selected"])
+    assert all(r["score"] <= threshold for r in records if not r["selected"])
+
+    summary = read_summary(tmp_path)
+    assert summary["counts"] == {"total": 30, "selected": 9}
+    assert summary["models"][0]["id"] == model_id and summary["models"][0]["weight"] == 1.0
+    plain = AutoModelForCausalLM.from_pretrained(tiny_llama)
+    assert summary["models"][0]["num_parameters"] == sum(p.numel() for p in plain.parameters())
+    assert summary["scoring_seconds"] > 0
+    assert summary["selected_indices_sha256"] == selection.indices_hash(kept)
+    assert summary["selection_config"]["selection_ratio"] == 0.3
+
+    # which weights moved
+    after = dict(trainer.model.named_parameters())
+    lora_changed = [n for n in before if "lora_" in n and not torch.equal(before[n], after[n])]
+    base_changed = [n for n in before if "lora_" not in n and not torch.equal(before[n], after[n])]
+    assert lora_changed and not base_changed
+    assert len(lora_changed) == len([n for n in before if "lora_B" in n or "lora_A" in n])
+
+
+def test_the_trained_rows_are_the_selected_rows(tiny_llama, demo_dataset, tmp_path):
+    dataset = demo_dataset(20)
+    trainer = make_trainer(tiny_llama, dataset, tmp_path, selection_max_samples=4)
+    trainer.train()
+    kept = trainer.selection_result.kept_indices
+    assert len(kept) == 4
+    trained_prompts = [r["prompt"][0]["content"] for r in trainer._selection_pool.select(kept)]
+    assert trained_prompts == [dataset[i]["instruction"] + ("\n" + dataset[i]["input"] if dataset[i]["input"] else "") for i in kept]
+    assert len(trainer.train_dataset) == 4
+
+
+def test_packing(tiny_llama, demo_dataset, tmp_path):
+    trainer = make_trainer(tiny_llama, demo_dataset(20), tmp_path, packing=True, selection_ratio=0.5)
+    trainer.train()
+    assert trainer.state.global_step == 2
+    assert read_summary(tmp_path)["counts"]["selected"] == 10
+    # packed: the 10 kept rows are concatenated into fewer, longer training sequences
+    assert len(trainer.train_dataset) < 10
+
+
+def test_resume_reuses_the_selection_without_scoring(tiny_llama, demo_dataset, tmp_path, monkeypatch):
+    dataset = demo_dataset(16)
+    first = make_trainer(tiny_llama, dataset, tmp_path, save_strategy="steps", save_steps=1, max_steps=1, selection_ratio=0.5)
+    first.train()
+    scores_before = (tmp_path / "selection" / "scores.jsonl").read_bytes()
+
+    def no_scoring(*args, **kwargs):
+        raise AssertionError("scored again")
+
+    monkeypatch.setattr(selection, "score_with", no_scoring)
+    second = make_trainer(tiny_llama, dataset, tmp_path, save_strategy="steps", save_steps=1, max_steps=2, selection_ratio=0.5)
+    second.train(resume_from_checkpoint=str(tmp_path / "checkpoint-1"))
+    assert second.selection_result.reused
+    assert second.state.global_step == 2
+    assert (tmp_path / "selection" / "scores.jsonl").read_bytes() == scores_before
+
+
+def test_resume_refuses_a_changed_selection(tiny_llama, demo_dataset, tmp_path):
+    dataset = demo_dataset(12)
+    make_trainer(tiny_llama, dataset, tmp_path, save_strategy="steps", save_steps=1, max_steps=1).train()
+    changed = make_trainer(tiny_llama, dataset, tmp_path, max_steps=2, selection_ratio=0.5)
+    with pytest.raises(RuntimeError, match="same subset"):
+        changed.train(resume_from_checkpoint=str(tmp_path / "checkpoint-1"))
+
+
+def test_new_alpha_and_ratio_reuse_the_stored_probabilities(tiny_llama, demo_dataset, tmp_path, monkeypatch):
+    dataset = demo_dataset(12)
+    first = make_trainer(tiny_llama, dataset, tmp_path).select()
+    monkeypatch.setattr(selection, "score_with", lambda *a, **k: (_ for _ in ()).throw(AssertionError("scored")))
+    second = make_trainer(tiny_llama, dataset, tmp_path, selection_alpha=0.0, selection_ratio=0.5).select()
+    assert second.reused and len(second.selected_indices) == 6
+    records = read_scores(tmp_path)
+    means = [sum(r["token_scores"][tiny_llama]) / 3 for r in records]
+    assert [r["score"] for r in records] == pytest.approx(means, abs=1e-12)
+    assert not first.reused
+
+
+def test_scores_file_is_deterministic(tiny_llama, demo_dataset, tmp_path):
+    dataset = demo_dataset(10)
+    make_trainer(tiny_llama, dataset, tmp_path / "a").select()
+    make_trainer(tiny_llama, dataset, tmp_path / "b").select()
+    a = (tmp_path / "a" / "selection" / "scores.jsonl").read_bytes()
+    assert a == (tmp_path / "b" / "selection" / "scores.jsonl").read_bytes()
+    assert json.loads(a.splitlines()[0])["index"] == 0
