@@ -1,0 +1,102 @@
+"""The `selectit-trl` command, run as a subprocess on a recipe, as a user runs it."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def cli(*args, cwd=REPO):
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    return subprocess.run(
+        [sys.executable, "-m", "selectit_trl.cli", *map(str, args)], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
+    )
+
+
+def write_recipe(tmp_path, model_path, data_path, **extra):
+    lines = {
+        "model_name_or_path": model_path,
+        "dataset_name": str(data_path),
+        "use_peft": True,
+        "lora_r": 4,
+        "lora_alpha": 8,
+        "lora_target_modules": ["q_proj", "v_proj"],
+        "output_dir": str(tmp_path / "out"),
+        "max_steps": 2,
+        "per_device_train_batch_size": 2,
+        "max_length": 128,
+        "gradient_checkpointing": False,
+        "save_strategy": "no",
+        "report_to": "none",
+        "use_cpu": True,
+        "disable_tqdm": True,
+        "selection_ratio": 0.25,
+        "selection_num_prompts": 2,
+        **extra,
+    }
+    path = tmp_path / "recipe.yaml"
+    path.write_text("".join(f"{k}: {json.dumps(v)}\n" for k, v in lines.items()), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def data_file(tmp_path, demo_rows):
+    path = tmp_path / "data.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in demo_rows[:16]), encoding="utf-8")
+    return path
+
+
+def test_train_then_report(tiny_llama, data_file, tmp_path):
+    recipe = write_recipe(tmp_path, tiny_llama, data_file)
+    done = cli("train", "--config", recipe, "--selection_ratio", "0.5")  # the flag overrides the recipe
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = tmp_path / "out"
+    assert "SelectIT kept 8 of 16 samples" in done.stdout
+    assert (out / "adapter_model.safetensors").is_file() and (out / "adapter_config.json").is_file()
+    summary = json.loads((out / "selection" / "summary.json").read_text())
+    assert summary["counts"] == {"total": 16, "selected": 8}
+    assert summary["selection_config"]["selection_ratio"] == 0.5
+    assert (out / "selection" / "report.md").is_file()
+
+    report = cli("report", out)
+    assert report.returncode == 0
+    assert "Kept 8 of 16 samples" in report.stdout and "cut-off" in report.stdout
+    assert "Highest-scored samples" in report.stdout
+
+
+def test_score_writes_the_selection_only(tiny_llama, data_file, tmp_path):
+    done = cli("score", "--config", write_recipe(tmp_path, tiny_llama, data_file))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert len((tmp_path / "out" / "selection" / "scores.jsonl").read_text().splitlines()) == 16
+    assert not (tmp_path / "out" / "adapter_model.safetensors").exists()
+
+
+def test_unknown_recipe_key_gets_a_one_line_hint(tiny_llama, data_file, tmp_path):
+    done = cli("score", "--config", write_recipe(tmp_path, tiny_llama, data_file, selection_rato=0.3))
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    assert "'selection_rato' (did you mean 'selection_ratio'?)" in done.stderr
+
+
+def test_missing_local_dataset_is_a_clear_error(tiny_llama, tmp_path):
+    done = cli("score", "--config", write_recipe(tmp_path, tiny_llama, tmp_path / "nope.jsonl"))
+    assert done.returncode == 1 and "does not exist" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_report_without_selection(tmp_path):
+    done = cli("report", tmp_path)
+    assert done.returncode == 1 and "No finished selection" in done.stderr
+
+
+def test_quickstart_recipe_parses():
+    from selectit_trl.cli import parse_args
+
+    script_args, training_args, model_args = parse_args(["--config", str(REPO / "recipes" / "quickstart.yaml")])
+    assert model_args.model_name_or_path is None and model_args.load_in_4bit and model_args.use_peft
+    assert training_args.selection_ratio == 0.2 and training_args.selection_num_prompts == 5
+    assert script_args.dataset_name is None
