@@ -1,0 +1,47 @@
+"""Time the quickstart (`selectit-trl train --config recipes/quickstart.yaml`) end to end, several times.
+
+Reports the median wall time of the whole command (process start to exit, model loading and training
+included) and the median `scoring_seconds` from summary.json. Each run gets a fresh output directory, so
+every run scores from scratch.
+
+    python benchmarks/quickstart_time.py --runs 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=3)
+    args = parser.parse_args()
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    walls, scoring = [], []
+    for run in range(args.runs):
+        with tempfile.TemporaryDirectory() as out:
+            command = [sys.executable, "-m", "selectit_trl.cli", "train", "--config", "recipes/quickstart.yaml",
+                       "--output_dir", out, "--disable_tqdm", "true"]
+            started = time.perf_counter()
+            subprocess.run(command, cwd=REPO, env=env, check=True, capture_output=True)
+            walls.append(time.perf_counter() - started)
+            summary = json.loads((Path(out) / "selection" / "summary.json").read_text())
+            scoring.append(summary["scoring_seconds"])
+            print(f"run {run + 1}: wall {walls[-1]:.1f} s, scoring {scoring[-1]:.1f} s "
+                  f"({summary['counts']['total'] / scoring[-1]:.2f} samples/s)", flush=True)
+    print(f"median wall {statistics.median(walls):.1f} s, median scoring {statistics.median(scoring):.1f} s, "
+          f"scoring share {statistics.median(s / w for s, w in zip(scoring, walls)):.2f} of wall, over {args.runs} runs")
+
+
+if __name__ == "__main__":
+    main()
