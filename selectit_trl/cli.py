@@ -14,6 +14,8 @@ import os
 import sys
 from importlib.resources import files
 
+from .selection import StoredSelectionMismatch
+
 USAGE = """usage: selectit-trl {score,train,report} ...
 
   selectit-trl score --config RECIPE.yaml [--key value ...]   rate the training data, write OUTPUT_DIR/selection/
@@ -126,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
             return report_main(rest)
         if command in ("score", "train"):
             return run(command, rest)
-    except (ValueError, FileNotFoundError) as error:
+    except (ValueError, FileNotFoundError, StoredSelectionMismatch) as error:
         # A user's mistake: one line that says what to fix, not a traceback.
         print(f"selectit-trl {command}: error: {error}", file=sys.stderr)
         return 1

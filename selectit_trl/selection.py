@@ -27,6 +27,10 @@ logger = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 
 
+class StoredSelectionMismatch(RuntimeError):
+    """A resumed run found no stored selection, or one made from other inputs or settings."""
+
+
 @dataclass
 class Scorer:
     """A model that rates samples, with what selection needs to know about it."""
@@ -152,7 +156,7 @@ def run_selection(
     stored = store.read_summary(output_dir)
     reusable = stored is not None and stored.get("scoring_key") == scoring_key
     if require_stored and not (reusable and stored.get("selection_config") == settings):
-        raise RuntimeError(
+        raise StoredSelectionMismatch(
             f"Resuming needs the finished selection in {store.selection_dir(output_dir)} made with the same data, "
             "models and selection_* settings, so that training continues on the same subset. It is missing or "
             "differs: resume with the original settings, or start a fresh run in a new output_dir."

@@ -100,3 +100,14 @@ def test_quickstart_recipe_parses():
     assert model_args.model_name_or_path is None and model_args.load_in_4bit and model_args.use_peft
     assert training_args.selection_ratio == 0.2 and training_args.selection_num_prompts == 5
     assert script_args.dataset_name is None
+
+
+def test_resume_with_changed_selection_is_refused_in_one_line(tiny_llama, data_file, tmp_path):
+    recipe = write_recipe(tmp_path, tiny_llama, data_file, save_strategy="steps", save_steps=1, max_steps=1)
+    assert cli("train", "--config", recipe).returncode == 0
+    checkpoint = tmp_path / "out" / "checkpoint-1"
+    done = cli("train", "--config", recipe, "--max_steps", "2", "--selection_ratio", "0.5", "--resume_from_checkpoint", checkpoint)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert "same subset" in done.stderr
+    resumed = cli("train", "--config", recipe, "--max_steps", "2", "--resume_from_checkpoint", checkpoint)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
