@@ -111,3 +111,18 @@ def test_resume_with_changed_selection_is_refused_in_one_line(tiny_llama, data_f
     assert "same subset" in done.stderr
     resumed = cli("train", "--config", recipe, "--max_steps", "2", "--resume_from_checkpoint", checkpoint)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+
+
+def test_the_quickstart_recipe_itself_runs(tmp_path):
+    """recipes/quickstart.yaml as shipped (embedded model in 4-bit, bundled data), shortened by flags only."""
+    done = cli(
+        "train", "--config", REPO / "recipes" / "quickstart.yaml",
+        "--output_dir", tmp_path / "quick", "--selection_num_prompts", "1", "--max_steps", "1", "--disable_tqdm", "true",
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "SelectIT kept 30 of 150 samples" in done.stdout
+    out = tmp_path / "quick"
+    assert (out / "adapter_model.safetensors").is_file()
+    summary = json.loads((out / "selection" / "summary.json").read_text())
+    assert summary["models"][0]["id"] == "SmolLM2-135M-Instruct (embedded)"
+    assert (out / "selection" / "report.md").read_text().startswith("# SelectIT selection")
