@@ -110,6 +110,12 @@ class SelectiveSFTConfig(SFTConfig):
             (self.selection_max_batch_tokens >= 1, "selection_max_batch_tokens must be >= 1"),
             (self.selection_dataset_format in (None, *FORMATS), f"selection_dataset_format must be one of {FORMATS}"),
         ]
+        if self.selection_model_weights is not None:
+            models = 1 + len(self.selection_peer_models or [])
+            checks.append(
+                (len(self.selection_model_weights) == models,
+                 f"selection_model_weights needs {models} values, one for the tuned model and one per peer")
+            )
         for ok, message in checks:
             if not ok:
                 raise ValueError(message + ".")

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import importlib.metadata
 import importlib.util
+import json
 import logging
 import os
 import shutil
 import tempfile
+import uuid
 from pathlib import Path
 
 import torch
@@ -96,6 +99,33 @@ def parameter_count(config) -> int:
     with torch.device("meta"):
         skeleton = AutoModelForCausalLM.from_config(config)
     return sum(p.numel() for p in skeleton.parameters())
+
+
+def model_fingerprint(config, source: str | None, dtype=None, quantization=None) -> str:
+    """A hash that changes whenever the weights, or the way they run, may have changed.
+
+    It covers the model's configuration (which carries its quantisation once loaded), the dtype, the hub
+    revision it was resolved to, and, for a local folder, the size and modification time of each weight file.
+    A model with no name or path can never be recognised again, so it gets a fingerprint of its own each time.
+    """
+    described = config.to_dict()
+    for volatile in ("use_cache", "transformers_version", "_name_or_path"):
+        described.pop(volatile, None)
+    files = []
+    if source and os.path.isdir(source):
+        for path in sorted(Path(source).iterdir()):
+            if path.suffix in (".safetensors", ".bin", ".pt", ".pth", ".gguf"):
+                stat = path.stat()
+                files.append([path.name, stat.st_size, stat.st_mtime_ns])
+    payload = {
+        "source": source or f"unnamed-{uuid.uuid4()}",
+        "config": described,
+        "dtype": str(dtype),
+        "quantization": quantization.to_dict() if hasattr(quantization, "to_dict") else quantization,
+        "commit": getattr(config, "_commit_hash", None),
+        "files": files,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode("utf-8")).hexdigest()
 
 
 def disable_cpu_weight_repacking(model: torch.nn.Module) -> int:

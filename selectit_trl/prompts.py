@@ -13,8 +13,6 @@ Everything here returns token ids: the scorer never sees text, and the rendering
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -81,11 +79,6 @@ def load_prompts(
         )
     # Plain replacement rather than str.format, so that braces in a user's prompt are left alone.
     return [p.replace("{score_max}", str(score_max)) for p in candidates[:num_prompts]]
-
-
-def prompt_set_hash(prompts: Sequence[str]) -> str:
-    """A short, stable fingerprint of the exact prompt strings used."""
-    return hashlib.sha256(json.dumps(list(prompts), ensure_ascii=False).encode("utf-8")).hexdigest()[:16]
 
 
 def render_prompt_first(sample: RatingSample, prompt_line: str) -> str:

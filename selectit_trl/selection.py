@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from . import reflection, store
-from .prompts import RatingSample, build_requests, load_prompts, prompt_set_hash, score_token_ids
+from .prompts import RatingSample, build_requests, load_prompts, score_token_ids
 from .scoring import score_requests
 
 logger = logging.getLogger(__name__)
@@ -28,17 +28,19 @@ FORMAT_VERSION = 1
 
 
 class StoredSelectionMismatch(RuntimeError):
-    """A resumed run found no stored selection, or one made from other inputs or settings."""
+    """Scoring was not allowed (a resumed run, a non-main process) and the stored selection does not fit."""
 
 
 @dataclass
-class Scorer:
-    """A model that rates samples, with what selection needs to know about it."""
+class Rater:
+    """A model that rates samples, described without its weights, which `load` brings in only when needed."""
 
     model_id: str
-    model: torch.nn.Module
     tokenizer: object
-    num_parameters: int
+    fingerprint: str  # identity of the weights as they will run: config, dtype, quantisation, revision, files
+    num_parameters: int  # theta, from the configuration
+    load: Callable[[], torch.nn.Module]
+    release_after_use: bool = False  # a peer is freed before the next model loads
 
 
 @dataclass
@@ -49,7 +51,7 @@ class SelectionResult:
     scores: np.ndarray  # model-level score of every sample, in dataset order
     summary: dict
     path: Path
-    reused: bool  # True when the probabilities came from a stored selection instead of new forward passes
+    reused: bool  # True when no forward pass ran: every model's probabilities came from the store
 
     @property
     def kept_indices(self) -> list[int]:
@@ -70,6 +72,20 @@ def indices_hash(indices: Sequence[int]) -> str:
     return hashlib.sha256(",".join(str(i) for i in sorted(indices)).encode("ascii")).hexdigest()
 
 
+def requests_hash(requests: Sequence[Sequence[Sequence[int]]], token_ids: Sequence[int]) -> str:
+    """sha256 of every token id a model will see and of the rating tokens it is read at.
+
+    This pins data, prompts, layout, chat template and tokenizer at once: if any of them changes, so does
+    the hash, and stored probabilities are not reused.
+    """
+    digest = hashlib.sha256(np.asarray(token_ids, dtype=np.int64).tobytes())
+    for sample in requests:
+        for sequence in sample:
+            digest.update(np.asarray(sequence, dtype=np.int64).tobytes())
+            digest.update(b"|")
+    return digest.hexdigest()
+
+
 def _pad_id(tokenizer) -> int:
     # Padded positions are masked out, so any valid id will do.
     for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0):
@@ -78,21 +94,35 @@ def _pad_id(tokenizer) -> int:
     return 0
 
 
-def score_with(scorer: Scorer, samples: Sequence[RatingSample], prompts: Sequence[str], config, progress: bool) -> np.ndarray:
-    """Raw rating probabilities [N, K, S] of one model."""
-    token_ids = score_token_ids(scorer.tokenizer, config.selection_score_max)
-    requests = build_requests(
-        samples, prompts, scorer.tokenizer, config.selection_prompt_layout, config.selection_use_chat_template
-    )
-    return score_requests(
-        scorer.model,
-        requests,
-        token_ids,
-        _pad_id(scorer.tokenizer),
-        max_batch_tokens=config.selection_max_batch_tokens,
-        progress=progress,
-        desc=f"Scoring with {scorer.model_id}",
-    )
+def _stored_probs(output_dir, stored: dict | None, key: dict, num_samples: int) -> dict[str, np.ndarray]:
+    """Probabilities in the store that were made from exactly these inputs, by model id.
+
+    The scores file is checked against the summary before anything in it is used; a file that does not fit is
+    ignored, and its models are scored again.
+    """
+    if stored is None or stored.get("scoring_key", {}).get("dataset_sha256") != key["dataset_sha256"]:
+        return {}
+    matching = [m for m in stored["scoring_key"].get("models", []) if m in key["models"]]
+    if not matching:
+        return {}
+    try:
+        records = store.read_scores(output_dir)
+        if [r["index"] for r in records] != list(range(num_samples)):
+            raise ValueError("rows missing or out of order")
+        found = {m["id"]: np.array([r["probs"][m["id"]] for r in records], dtype=np.float64) for m in matching}
+        for probs in found.values():
+            if probs.shape[0] != num_samples or probs.ndim != 3 or not np.isfinite(probs).all():
+                raise ValueError("probabilities of the wrong shape")
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        logger.warning("Ignoring the stored scores in %s (%s); scoring again.", store.selection_dir(output_dir), error)
+        return {}
+    return found
+
+
+def _free_memory() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def _shorten(text: str, limit: int = 160) -> str:
@@ -110,82 +140,98 @@ def _examples(samples: Sequence[RatingSample], scores: np.ndarray, count: int = 
     return {"top": [describe(i) for i in order[:count]], "bottom": [describe(i) for i in order[::-1][:count]]}
 
 
-def _release(scorer: Scorer) -> None:
-    scorer.model = None
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
-
 def run_selection(
     samples: Sequence[RatingSample],
-    base: Scorer,
+    raters: Sequence[Rater],
     config,
     output_dir,
-    peer_ids: Sequence[str] = (),
-    load_peer: Callable[[str], Scorer] | None = None,
-    require_stored: bool = False,
+    allow_scoring: bool = True,
+    expected_indices_sha256: str | None = None,
+    write: bool = True,
     progress: bool = True,
 ) -> SelectionResult:
-    """Score, combine, select and write the files, or reuse a stored selection made from the same inputs.
+    """Score with each rater in turn, combine, select, and write `OUTPUT_DIR/selection/`.
 
-    A stored selection is reused whenever its probabilities came from the same data, models, prompts and
-    layout; alpha, the normalisation, the ratio and the weights are then recomputed from the stored
-    probabilities without a forward pass.
+    A model's stored probabilities are reused when they were made from exactly the same token ids, rating
+    tokens and weights (see `requests_hash` and `Rater.fingerprint`). Alpha, the normalisation, the ratio and
+    the weights are always recomputed, which costs no forward pass.
 
     Args:
-        require_stored: fail instead of scoring when no matching stored selection exists (used on resume, where
-            training must continue on exactly the subset it started with).
+        raters: the model being tuned first, then the peers.
+        allow_scoring: when False, every model's probabilities must come from the store (a resumed run, or a
+            process that is not the main one); otherwise `StoredSelectionMismatch` is raised.
+        expected_indices_sha256: the subset a checkpoint was trained on; a selection that differs is refused
+            before anything is written.
+        write: whether this process writes the files (only the main process does).
     """
+    keep = reflection.num_to_keep(len(samples), config.selection_ratio, config.selection_max_samples)
+    if keep == 0:
+        raise ValueError(
+            f"selection_ratio={config.selection_ratio} keeps floor({len(samples)} x {config.selection_ratio}) = 0 "
+            "rows: raise selection_ratio or set selection_max_samples."
+        )
+    model_ids = [r.model_id for r in raters]
+    if len(set(model_ids)) != len(model_ids):
+        raise ValueError(f"Each scoring model must appear once, got {model_ids}.")
     prompts = load_prompts(
         config.selection_num_prompts, config.selection_score_max, config.selection_prompts, config.selection_prompts_file
     )
-    model_ids = [base.model_id, *peer_ids]
-    if len(set(model_ids)) != len(model_ids):
-        raise ValueError(f"Each scoring model must appear once, got {model_ids}.")
-    scoring_key = {
-        "dataset_sha256": dataset_hash(samples),
-        "num_samples": len(samples),
-        "models": model_ids,
-        "prompts_sha256": prompt_set_hash(prompts),
-        "layout": config.selection_prompt_layout,
-        "use_chat_template": config.selection_use_chat_template,
-        "score_max": config.selection_score_max,
-    }
-    settings = config.selection_settings()
-    stored = store.read_summary(output_dir)
-    reusable = stored is not None and stored.get("scoring_key") == scoring_key
-    if require_stored and not (reusable and stored.get("selection_config") == settings):
-        raise StoredSelectionMismatch(
-            f"Resuming needs the finished selection in {store.selection_dir(output_dir)} made with the same data, "
-            "models and selection_* settings, so that training continues on the same subset. It is missing or "
-            "differs: resume with the original settings, or start a fresh run in a new output_dir."
+
+    # What each model will see, and so what its probabilities depend on.
+    requests_by_model, token_ids_by_model, model_keys = {}, {}, []
+    for rater in raters:
+        token_ids = score_token_ids(rater.tokenizer, config.selection_score_max)
+        requests = build_requests(
+            samples, prompts, rater.tokenizer, config.selection_prompt_layout, config.selection_use_chat_template
         )
+        requests_by_model[rater.model_id], token_ids_by_model[rater.model_id] = requests, token_ids
+        model_keys.append(
+            {"id": rater.model_id, "fingerprint": rater.fingerprint, "requests_sha256": requests_hash(requests, token_ids)}
+        )
+    scoring_key = {"dataset_sha256": dataset_hash(samples), "num_samples": len(samples), "models": model_keys}
 
-    if reusable:
-        logger.info("Reusing the stored rating probabilities in %s.", store.selection_dir(output_dir))
-        records = store.read_scores(output_dir)
-        probs_by_model = {m: np.array([r["probs"][m] for r in records], dtype=np.float64) for m in model_ids}
-        parameter_counts = {m["id"]: m["num_parameters"] for m in stored["models"]}
-        scoring_seconds = stored["scoring_seconds"]
-    else:
-        if stored is not None:
-            logger.warning("Replacing the selection in %s, made from other inputs.", store.selection_dir(output_dir))
-        probs_by_model, parameter_counts, scoring_seconds = {}, {}, 0.0
-        for model_id in model_ids:
-            scorer = base if model_id == base.model_id else load_peer(model_id)
-            started = time.perf_counter()
-            probs_by_model[model_id] = score_with(scorer, samples, prompts, config, progress)
-            scoring_seconds += time.perf_counter() - started
-            parameter_counts[model_id] = scorer.num_parameters
-            if scorer is not base:
-                _release(scorer)
+    stored = store.read_summary(output_dir)
+    probs_by_model = _stored_probs(output_dir, stored, scoring_key, len(samples))
+    to_score = [r for r in raters if r.model_id not in probs_by_model]
+    if to_score and not allow_scoring:
+        raise StoredSelectionMismatch(
+            f"The selection in {store.selection_dir(output_dir)} was not made from the same data, models and "
+            f"prompts ({', '.join(r.model_id for r in to_score)} would have to score again). A resumed run must "
+            "train on the subset it started with: resume with the original settings, or start a fresh output_dir."
+        )
+    if probs_by_model:
+        logger.info("Reusing stored probabilities of %s.", ", ".join(probs_by_model))
+    scoring_seconds = dict((stored or {}).get("scoring_seconds_by_model", {}))
+    scoring_seconds = {m: t for m, t in scoring_seconds.items() if m in probs_by_model}
+    for rater in to_score:
+        model = rater.load()
+        started = time.perf_counter()
+        probs_by_model[rater.model_id] = score_requests(
+            model,
+            requests_by_model[rater.model_id],
+            token_ids_by_model[rater.model_id],
+            _pad_id(rater.tokenizer),
+            max_batch_tokens=config.selection_max_batch_tokens,
+            progress=progress,
+            desc=f"Scoring with {rater.model_id}",
+        )
+        scoring_seconds[rater.model_id] = time.perf_counter() - started
+        model = None
+        if rater.release_after_use:
+            _free_memory()
 
+    parameter_counts = {r.model_id: r.num_parameters for r in raters}
     weights = reflection.model_weights(parameter_counts, config.selection_model_weights)
+    probs_by_model = {m: probs_by_model[m] for m in model_ids}
     token_by_model, sentence_by_model, scores = reflection.score_samples(
         probs_by_model, weights, config.selection_normalization, config.selection_alpha
     )
     selected = reflection.select(scores, config.selection_ratio, config.selection_max_samples).tolist()
+    if expected_indices_sha256 is not None and indices_hash(selected) != expected_indices_sha256:
+        raise StoredSelectionMismatch(
+            "These selection_* settings choose a different subset from the one the checkpoint was trained on. "
+            "Resume with the original settings, or start a fresh output_dir."
+        )
     is_selected = np.zeros(len(samples), dtype=bool)
     is_selected[selected] = True
 
@@ -202,17 +248,16 @@ def run_selection(
     )
     summary = {
         "format_version": FORMAT_VERSION,
-        "selection_config": settings,
+        "selection_config": config.selection_settings(),
         "counts": {"total": len(samples), "selected": len(selected)},
         "models": [{"id": m, "num_parameters": int(parameter_counts[m]), "weight": weights[m]} for m in model_ids],
         "prompts": prompts,
         "scoring_key": scoring_key,
-        "scoring_seconds": scoring_seconds,
-        "score_quantiles": {
-            q: float(np.quantile(scores, float(q))) for q in ("0.0", "0.25", "0.5", "0.75", "1.0")
-        },
+        "scoring_seconds": sum(scoring_seconds.values()),
+        "scoring_seconds_by_model": scoring_seconds,
+        "score_quantiles": {q: float(np.quantile(scores, float(q))) for q in ("0.0", "0.25", "0.5", "0.75", "1.0")},
         "selected_indices_sha256": indices_hash(selected),
         "examples": _examples(samples, scores),
     }
-    path = store.write_selection(output_dir, records, summary)
-    return SelectionResult(selected, scores, summary, path, reused=reusable)
+    path = store.write_selection(output_dir, records, summary) if write else store.selection_dir(output_dir)
+    return SelectionResult(selected, scores, summary, path, reused=not to_score)

@@ -2,24 +2,39 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 
 from datasets import Dataset
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, TrainerCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 from trl import SFTTrainer
 
-from . import formats
+from . import formats, reflection
 from .config import SelectiveSFTConfig
-from .models import EMBEDDED_MODEL_ID, embedded_model_path, parameter_count, scoring_mode
-from .selection import Scorer, SelectionResult, run_selection
+from .models import EMBEDDED_MODEL_ID, embedded_model_path, model_fingerprint, parameter_count, scoring_mode
+from .prompts import load_prompts, score_token_ids
+from .selection import Rater, SelectionResult, run_selection
 
 logger = logging.getLogger(__name__)
 
+CHECKPOINT_SELECTION_FILE = "selection.json"
 
-def _model_id(model) -> str:
-    if isinstance(model, str):
-        return model
-    return getattr(model.config, "_name_or_path", None) or type(model).__name__
+
+class _RecordSelectionInCheckpoints(TrainerCallback):
+    """Writes the identity of the training subset into every checkpoint, so a resume can check it."""
+
+    def __init__(self, trainer: SelectiveSFTTrainer):
+        self.trainer = trainer
+
+    def on_save(self, args, state, control, **kwargs):
+        result = self.trainer.selection_result
+        folder = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
+        if result is not None and state.is_world_process_zero and os.path.isdir(folder):
+            marker = {k: result.summary[k] for k in ("selected_indices_sha256", "counts", "selection_config")}
+            with open(os.path.join(folder, CHECKPOINT_SELECTION_FILE), "w", encoding="utf-8") as handle:
+                json.dump(marker, handle, indent=2)
 
 
 class SelectiveSFTTrainer(SFTTrainer):
@@ -62,7 +77,9 @@ class SelectiveSFTTrainer(SFTTrainer):
             model = embedded_model_path()
             self.selection_model_id = EMBEDDED_MODEL_ID
         else:
-            self.selection_model_id = _model_id(model)
+            self.selection_model_id = model if isinstance(model, str) else (model.config._name_or_path or type(model).__name__)
+        # Where the weights came from, for the fingerprint; None for an in-memory model with no name.
+        self._model_source = model if isinstance(model, str) else (model.config._name_or_path or None)
         if args is None:
             args = SelectiveSFTConfig(output_dir=f"{self.selection_model_id.split('/')[-1]}-SelectIT")
         if not isinstance(args, SelectiveSFTConfig):
@@ -70,66 +87,107 @@ class SelectiveSFTTrainer(SFTTrainer):
         if train_dataset is None:
             raise ValueError("SelectiveSFTTrainer needs a train_dataset to select from.")
         if processing_class is None:
-            source = model if isinstance(model, str) else model.config._name_or_path
-            processing_class = AutoTokenizer.from_pretrained(source, trust_remote_code=args.trust_remote_code)
+            processing_class = AutoTokenizer.from_pretrained(
+                model if isinstance(model, str) else model.config._name_or_path, trust_remote_code=args.trust_remote_code
+            )
 
         # Two views of the same rows, index for index: what is rated, and what is trained on. The trained view is
         # kept aside unprepared, because the subset is cut from it in train(), after scoring.
         fmt = args.selection_dataset_format
         self.rating_samples = formats.rating_samples(train_dataset, fmt)
+        self._check_selection_inputs(args, processing_class)
         conversational = bool(getattr(processing_class, "chat_template", None))
         self._selection_pool = formats.training_dataset(train_dataset, conversational, fmt)
         self.selection_result: SelectionResult | None = None
 
         super().__init__(model=model, args=args, train_dataset=self._selection_pool, processing_class=processing_class, **kwargs)
+        self.add_callback(_RecordSelectionInCheckpoints(self))
 
-    def _scorer(self) -> Scorer:
-        return Scorer(self.selection_model_id, self.model, self._tokenizer, parameter_count(self.model.config))
+    def _check_selection_inputs(self, args: SelectiveSFTConfig, tokenizer) -> None:
+        """Everything about the selection that can be wrong, checked before the model is loaded."""
+        load_prompts(args.selection_num_prompts, args.selection_score_max, args.selection_prompts, args.selection_prompts_file)
+        score_token_ids(tokenizer, args.selection_score_max)
+        if reflection.num_to_keep(len(self.rating_samples), args.selection_ratio, args.selection_max_samples) == 0:
+            raise ValueError(
+                f"selection_ratio={args.selection_ratio} keeps floor({len(self.rating_samples)} x {args.selection_ratio}) "
+                "= 0 rows: raise selection_ratio or set selection_max_samples."
+            )
 
-    def _load_peer(self, model_id: str) -> Scorer:
-        """Load a peer the way the tuned model was loaded (same dtype and quantisation), on the same device."""
+    def _base_rater(self) -> Rater:
+        config = self.model.config
+        fingerprint = model_fingerprint(config, self._model_source, self.model.dtype)
+        return Rater(self.selection_model_id, self._tokenizer, fingerprint, parameter_count(config), load=lambda: self.model)
+
+    def _peer_rater(self, model_id: str) -> Rater:
+        """A peer, loaded only when its turn comes, the way the tuned model was loaded (dtype and quantisation)."""
+        remote = self.args.trust_remote_code
         init_kwargs = dict(self.args.model_init_kwargs or {})
-        init_kwargs.setdefault("trust_remote_code", self.args.trust_remote_code)
+        init_kwargs.pop("revision", None)  # the tuned model's revision means nothing for another repository
+        init_kwargs["trust_remote_code"] = remote
         quantization = getattr(self.model.config, "quantization_config", None)
         if quantization is not None:
             init_kwargs.setdefault("quantization_config", quantization)
-        peer = AutoModelForCausalLM.from_pretrained(model_id, **init_kwargs)
-        if quantization is None:
-            peer.to(self.model.device)
-        peer.eval()
-        tokenizer = AutoTokenizer.from_pretrained(model_id, trust_remote_code=self.args.trust_remote_code)
-        return Scorer(model_id, peer, tokenizer, parameter_count(peer.config))
+        else:
+            init_kwargs.setdefault("dtype", self.model.dtype)
+        config = AutoConfig.from_pretrained(model_id, trust_remote_code=remote)
 
-    def select(self, require_stored: bool = False) -> SelectionResult:
+        def load():
+            peer = AutoModelForCausalLM.from_pretrained(model_id, **init_kwargs)
+            if quantization is None:
+                peer.to(self.model.device)
+            return peer.eval()
+
+        fingerprint = model_fingerprint(config, model_id, init_kwargs.get("dtype"), init_kwargs.get("quantization_config"))
+        tokenizer = AutoTokenizer.from_pretrained(model_id, trust_remote_code=remote)
+        return Rater(model_id, tokenizer, fingerprint, parameter_count(config), load=load, release_after_use=True)
+
+    def select(self) -> SelectionResult:
         """Run the selection phase alone: score every row, choose the subset, write `output_dir/selection/`.
 
-        A finished selection from the same inputs in `output_dir` is reused rather than scored again.
+        Stored probabilities made from the same token ids and weights are reused instead of scored again.
         """
+        return self._select()
+
+    def _select(self, resuming: bool = False, expected_indices_sha256: str | None = None) -> SelectionResult:
+        main = self.accelerator.is_main_process
+        # Only the main process scores and writes; the others arrive after it and read what it stored.
         with self.accelerator.main_process_first(), scoring_mode(self.model):
-            # Only the main process scores; the others arrive afterwards and reuse the stored selection.
+            raters = [self._base_rater(), *(self._peer_rater(p) for p in self.args.selection_peer_models or ())]
             self.selection_result = run_selection(
                 self.rating_samples,
-                self._scorer(),
+                raters,
                 self.args,
                 self.args.output_dir,
-                peer_ids=self.args.selection_peer_models or (),
-                load_peer=self._load_peer,
-                require_stored=require_stored,
-                progress=not self.args.disable_tqdm and self.accelerator.is_main_process,
+                allow_scoring=main and not resuming,
+                expected_indices_sha256=expected_indices_sha256,
+                write=main,
+                progress=main and not self.args.disable_tqdm,
             )
         result = self.selection_result
-        logger.info(
-            "SelectIT kept %d of %d samples (%s).", len(result.selected_indices), len(self.rating_samples), result.path
-        )
+        logger.info("SelectIT kept %d of %d samples (%s).", len(result.selected_indices), len(self.rating_samples), result.path)
         return result
+
+    def _checkpoint_subset(self, resume_from_checkpoint) -> str | None:
+        """The subset hash recorded in the checkpoint being resumed, if it has one."""
+        checkpoint = resume_from_checkpoint
+        if checkpoint is True:
+            checkpoint = get_last_checkpoint(self.args.output_dir)
+        marker = os.path.join(str(checkpoint), CHECKPOINT_SELECTION_FILE) if checkpoint else None
+        if marker and os.path.isfile(marker):
+            with open(marker, encoding="utf-8") as handle:
+                return json.load(handle)["selected_indices_sha256"]
+        logger.warning("The checkpoint records no selection; resuming on the stored selection as it stands.")
+        return None
 
     def train(self, resume_from_checkpoint: str | bool | None = None, trial=None, **kwargs):
         """Select (or reuse the stored selection), then train on the kept rows.
 
-        With `resume_from_checkpoint`, the stored selection must exist and match the settings: training continues
-        on exactly the subset it started with, and nothing is scored again.
+        With `resume_from_checkpoint`, nothing is scored: the stored probabilities must match, and the subset
+        they select must be the one recorded in the checkpoint, so training continues on the rows it started on.
         """
-        result = self.select(require_stored=bool(resume_from_checkpoint))
+        resuming = bool(resume_from_checkpoint)
+        expected = self._checkpoint_subset(resume_from_checkpoint) if resuming else None
+        result = self._select(resuming=resuming, expected_indices_sha256=expected)
         subset = self._selection_pool.select(result.kept_indices)
         if not self._skip_prepare_dataset:
             subset = self._prepare_dataset(

@@ -39,7 +39,7 @@ def test_peer_scores_are_combined_by_parameter_count(tiny_llama, peer, demo_data
 
 def test_explicit_weights(tiny_llama, peer, demo_dataset, tmp_path):
     config = cpu_config(tmp_path, selection_peer_models=[peer], selection_model_weights=[1.0, 3.0])
-    SelectiveSFTTrainer(model=tiny_llama, args=config, train_dataset=demo_dataset(4)).select()
+    SelectiveSFTTrainer(model=tiny_llama, args=config, train_dataset=demo_dataset(5)).select()
     assert [m["weight"] for m in read_summary(tmp_path)["models"]] == [0.25, 0.75]
     for r in read_scores(tmp_path):
         assert r["score"] == pytest.approx(0.25 * r["sentence_scores"][tiny_llama] + 0.75 * r["sentence_scores"][peer], abs=1e-12)

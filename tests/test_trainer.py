@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+from datasets import Dataset
 from peft import LoraConfig
 from transformers import AutoModelForCausalLM
 
@@ -20,6 +21,10 @@ def make_trainer(model_path, dataset, output_dir, **overrides):
     return SelectiveSFTTrainer(
         model=model_path, args=cpu_config(output_dir, **overrides), train_dataset=dataset, peft_config=LoraConfig(**LORA)
     )
+
+
+def forbid_scoring(*args, **kwargs):
+    raise AssertionError("scored again")
 
 
 def snapshot(model):
@@ -68,15 +73,16 @@ def test_train_selects_scores_and_trains_lora_only(tiny_llama, demo_dataset, tmp
     assert len(lora_changed) == len([n for n in before if "lora_B" in n or "lora_A" in n])
 
 
-def test_the_trained_rows_are_the_selected_rows(tiny_llama, demo_dataset, tmp_path):
+def test_the_trained_rows_are_the_selected_rows(tiny_llama, demo_dataset, tmp_path, tokenizer):
     dataset = demo_dataset(20)
     trainer = make_trainer(tiny_llama, dataset, tmp_path, selection_max_samples=4)
     trainer.train()
     kept = trainer.selection_result.kept_indices
-    assert len(kept) == 4
-    trained_prompts = [r["prompt"][0]["content"] for r in trainer._selection_pool.select(kept)]
-    assert trained_prompts == [dataset[i]["instruction"] + ("\n" + dataset[i]["input"] if dataset[i]["input"] else "") for i in kept]
-    assert len(trainer.train_dataset) == 4
+    assert len(kept) == 4 and kept != [0, 1, 2, 3]
+    trained = [tokenizer.decode(ids) for ids in trainer.train_dataset["input_ids"]]
+    assert len(trained) == 4
+    for text, i in zip(trained, kept):
+        assert dataset[i]["instruction"] in text and dataset[i]["output"] in text
 
 
 def test_packing(tiny_llama, demo_dataset, tmp_path):
@@ -97,7 +103,7 @@ def test_resume_reuses_the_selection_without_scoring(tiny_llama, demo_dataset, t
     def no_scoring(*args, **kwargs):
         raise AssertionError("scored again")
 
-    monkeypatch.setattr(selection, "score_with", no_scoring)
+    monkeypatch.setattr(selection, "score_requests", no_scoring)
     second = make_trainer(tiny_llama, dataset, tmp_path, save_strategy="steps", save_steps=1, max_steps=2, selection_ratio=0.5)
     second.train(resume_from_checkpoint=str(tmp_path / "checkpoint-1"))
     assert second.selection_result.reused
@@ -109,14 +115,14 @@ def test_resume_refuses_a_changed_selection(tiny_llama, demo_dataset, tmp_path):
     dataset = demo_dataset(12)
     make_trainer(tiny_llama, dataset, tmp_path, save_strategy="steps", save_steps=1, max_steps=1).train()
     changed = make_trainer(tiny_llama, dataset, tmp_path, max_steps=2, selection_ratio=0.5)
-    with pytest.raises(RuntimeError, match="same subset"):
+    with pytest.raises(selection.StoredSelectionMismatch, match="checkpoint was trained on"):
         changed.train(resume_from_checkpoint=str(tmp_path / "checkpoint-1"))
 
 
 def test_new_alpha_and_ratio_reuse_the_stored_probabilities(tiny_llama, demo_dataset, tmp_path, monkeypatch):
     dataset = demo_dataset(12)
     first = make_trainer(tiny_llama, dataset, tmp_path).select()
-    monkeypatch.setattr(selection, "score_with", lambda *a, **k: (_ for _ in ()).throw(AssertionError("scored")))
+    monkeypatch.setattr(selection, "score_requests", forbid_scoring)
     second = make_trainer(tiny_llama, dataset, tmp_path, selection_alpha=0.0, selection_ratio=0.5).select()
     assert second.reused and len(second.selected_indices) == 6
     records = read_scores(tmp_path)
@@ -132,3 +138,73 @@ def test_scores_file_is_deterministic(tiny_llama, demo_dataset, tmp_path):
     a = (tmp_path / "a" / "selection" / "scores.jsonl").read_bytes()
     assert a == (tmp_path / "b" / "selection" / "scores.jsonl").read_bytes()
     assert json.loads(a.splitlines()[0])["index"] == 0
+
+
+def test_resume_refuses_a_subset_other_than_the_checkpoints(tiny_llama, demo_dataset, tmp_path):
+    """A later re-selection in the same output_dir must not let a resumed run switch subsets."""
+    dataset = demo_dataset(12)
+    make_trainer(tiny_llama, dataset, tmp_path, save_strategy="steps", save_steps=1, max_steps=1).train()
+    assert json.loads((tmp_path / "checkpoint-1" / "selection.json").read_text())["counts"]["selected"] == 2
+    make_trainer(tiny_llama, dataset, tmp_path, selection_ratio=0.5).select()  # rewrites selection/ with ratio 0.5
+    resumed = make_trainer(tiny_llama, dataset, tmp_path, max_steps=2, selection_ratio=0.5)
+    with pytest.raises(selection.StoredSelectionMismatch, match="checkpoint was trained on"):
+        resumed.train(resume_from_checkpoint=True)
+
+
+def test_another_model_in_the_same_output_dir_scores_again(tiny_llama, tokenizer, demo_dataset, tmp_path, tmp_path_factory):
+    from conftest import build_tiny_llama
+
+    dataset = demo_dataset(6)
+    make_trainer(tiny_llama, dataset, tmp_path).select()
+    other = build_tiny_llama(tmp_path_factory.mktemp("other"), tokenizer, seed=7)
+    assert not make_trainer(other, dataset, tmp_path).select().reused
+    # an in-memory model with no name can never be recognised, so it always scores
+    unnamed = AutoModelForCausalLM.from_pretrained(tiny_llama)
+    unnamed.config._name_or_path = ""
+    first = SelectiveSFTTrainer(model=unnamed, args=cpu_config(tmp_path / "u"), train_dataset=dataset, processing_class=tokenizer)
+    assert not first.select().reused
+    assert not first.select().reused
+
+
+def test_other_prompts_or_data_score_again(tiny_llama, demo_dataset, tmp_path):
+    dataset = demo_dataset(6)
+    make_trainer(tiny_llama, dataset, tmp_path).select()
+    assert make_trainer(tiny_llama, dataset, tmp_path).select().reused
+    assert not make_trainer(tiny_llama, dataset, tmp_path, selection_num_prompts=2).select().reused
+    assert not make_trainer(tiny_llama, demo_dataset(7), tmp_path, selection_num_prompts=2).select().reused
+    assert not make_trainer(tiny_llama, demo_dataset(7), tmp_path, selection_num_prompts=2, selection_use_chat_template=False).select().reused
+
+
+def test_a_damaged_scores_file_is_not_trusted(tiny_llama, demo_dataset, tmp_path):
+    dataset = demo_dataset(6)
+    clean = make_trainer(tiny_llama, dataset, tmp_path).select()
+    scores = tmp_path / "selection" / "scores.jsonl"
+    scores.write_text("".join(scores.read_text().splitlines(keepends=True)[:4]))  # two rows lost
+    again = make_trainer(tiny_llama, dataset, tmp_path).select()
+    assert not again.reused
+    assert again.scores.tolist() == clean.scores.tolist()
+    assert len(read_scores(tmp_path)) == 6
+
+
+def test_zero_kept_rows_and_empty_data_are_refused_before_loading(tiny_llama, demo_dataset, tmp_path):
+    with pytest.raises(ValueError, match="= 0 rows"):
+        make_trainer(tiny_llama, demo_dataset(4), tmp_path)
+    with pytest.raises(ValueError, match="no rows"):
+        make_trainer(tiny_llama, demo_dataset(0), tmp_path)
+    with pytest.raises(ValueError, match="holds only 10 prompts"):
+        make_trainer(tiny_llama, demo_dataset(5), tmp_path, selection_num_prompts=11)
+
+
+def test_conversational_and_prompt_completion_rows(tiny_llama, demo_rows, tmp_path):
+    rows = demo_rows[:10]
+    messages = Dataset.from_list([
+        {"messages": [{"role": "user", "content": r["instruction"]}, {"role": "assistant", "content": r["output"]}]}
+        for r in rows
+    ])
+    pairs = Dataset.from_list([{"prompt": r["instruction"], "completion": r["output"]} for r in rows])
+    for name, dataset in (("messages", messages), ("pairs", pairs)):
+        trainer = make_trainer(tiny_llama, dataset, tmp_path / name, selection_ratio=0.5)
+        trainer.train()
+        assert trainer.rating_samples[3].instruction == rows[3]["instruction"]
+        assert trainer.rating_samples[3].response == rows[3]["output"]
+        assert len(trainer.train_dataset) == 5 and trainer.state.global_step == 2
