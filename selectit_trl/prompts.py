@@ -141,6 +141,24 @@ def build_requests(
     return [flat[i * k : (i + 1) * k] for i in range(len(samples))]
 
 
+def rating_token_follows(tokenizer, layout: str, use_chat_template: bool, token_id: int) -> bool:
+    """Whether a rating digit, written right after a rendered request, is a token of its own.
+
+    If the tokenizer would merge the digit with what precedes it (GPT-2's BPE writes " 1" as one token), the
+    model rarely predicts the bare digit there, and its rating probabilities carry less signal.
+    """
+    probe = RatingSample("Add 2 and 3.", "5")
+    if layout == "prompt_first":
+        text = render_prompt_first(probe, "Rate the response.\n")
+    elif use_chat_template and getattr(tokenizer, "chat_template", None):
+        text = chat_texts(probe, ["Rate the response."], tokenizer)[0]
+    else:
+        prefix, suffixes = sample_first_texts(probe, ["Rate the response."])
+        text = prefix + suffixes[0]
+    without = tokenizer(text, add_special_tokens=False)["input_ids"]
+    return tokenizer(text + tokenizer.convert_ids_to_tokens(token_id), add_special_tokens=False)["input_ids"] == [*without, token_id]
+
+
 def score_token_ids(tokenizer, score_max: int) -> list[int]:
     """Vocabulary ids of the rating tokens "1".."S"; each must be a single token of its own."""
     vocab = tokenizer.get_vocab()

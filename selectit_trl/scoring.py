@@ -91,6 +91,13 @@ def iter_score_batches(
     """
     k = len(requests[0]) if requests else 0
     widths = [max(len(seq) for seq in sample) for sample in requests]
+    limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    too_long = [i for i, width in enumerate(widths) if limit and width > limit]
+    if too_long:
+        raise ValueError(
+            f"{len(too_long)} sample(s), the first at index {too_long[0]}, render to more than the {limit} positions "
+            "this model can attend to. Shorten or drop those rows before selection."
+        )
     batches = plan_batches(widths, max_batch_tokens, rows_per_item=k)
     with tqdm(total=len(requests), desc=desc, unit="sample", disable=not progress, dynamic_ncols=True) as bar:
         for batch in batches:

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from . import reflection, store
-from .prompts import RatingSample, build_requests, load_prompts, score_token_ids
+from .prompts import RatingSample, build_requests, load_prompts, rating_token_follows, score_token_ids
 from .scoring import score_requests
 
 logger = logging.getLogger(__name__)
@@ -181,6 +181,13 @@ def run_selection(
     requests_by_model, token_ids_by_model, model_keys = {}, {}, []
     for rater in raters:
         token_ids = score_token_ids(rater.tokenizer, config.selection_score_max)
+        if not rating_token_follows(rater.tokenizer, config.selection_prompt_layout, config.selection_use_chat_template, token_ids[0]):
+            logger.warning(
+                "With the tokenizer of %s, a rating digit after the request merges with the preceding text into "
+                "another token, so the model seldom predicts the bare digit there and its ratings carry less "
+                "signal. Prefer sample_first; keep prompt_first only to reproduce the released scripts' scores.",
+                rater.model_id,
+            )
         requests = build_requests(
             samples, prompts, rater.tokenizer, config.selection_prompt_layout, config.selection_use_chat_template
         )

@@ -14,10 +14,12 @@ from selectit_trl import SelectiveSFTTrainer
 from selectit_trl.models import EMBEDDED_MODEL_ID
 from selectit_trl.store import read_scores, read_summary
 
+pytestmark = pytest.mark.slow
+
 RELEASED_STYLE_PROMPTS = (
     "We would like you to rate the response to the instruction below on a scale of 1 to 5.\n"
     "Please judge how helpful the response is, giving a number from 1 to 5.\n"
-    "How good is this answer? Reply with a digit from 1 to 5.\n"
+    "How good is this answer? Reply with a digit from 1 to 5."  # the last line of a file may lack its newline
 )
 
 

@@ -94,3 +94,13 @@ def test_score_tokens_must_be_single_tokens(tokenizer):
     assert score_token_ids(tokenizer, 5) == [tokenizer.convert_tokens_to_ids(str(i)) for i in range(1, 6)]
     with pytest.raises(ValueError, match=r"no single token for the rating\(s\) \['10'\]"):
         score_token_ids(tokenizer, 10)
+
+
+def test_where_the_rating_digit_is_its_own_token(tokenizer):
+    from selectit_trl.prompts import rating_token_follows
+
+    one = score_token_ids(tokenizer, 5)[0]
+    assert rating_token_follows(tokenizer, "sample_first", True, one)
+    assert rating_token_follows(tokenizer, "sample_first", False, one)
+    # The released layout ends in " \n", which this tokenizer writes as one token that a digit never follows.
+    assert not rating_token_follows(tokenizer, "prompt_first", False, one)

@@ -64,3 +64,10 @@ def test_probabilities_are_the_full_vocabulary_softmax_at_the_last_position(mode
 def test_scoring_leaves_no_gradients(model, requests, tokenizer):
     score_requests(model, requests[:1], score_token_ids(tokenizer, 5), tokenizer.pad_token_id, progress=False)
     assert all(p.grad is None for p in model.parameters())
+
+
+def test_a_sample_longer_than_the_context_is_refused_by_index(model, tokenizer):
+    long_sample = RatingSample("Summarise.", "word " * 1500)
+    requests = build_requests([RatingSample("Hi", "Hello"), long_sample], ["Rate it."], tokenizer, layout="prompt_first")
+    with pytest.raises(ValueError, match="first at index 1, render to more than the 1024 positions"):
+        score_requests(model, requests, score_token_ids(tokenizer, 5), tokenizer.pad_token_id, progress=False)
