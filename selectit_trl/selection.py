@@ -86,6 +86,15 @@ def requests_hash(requests: Sequence[Sequence[Sequence[int]]], token_ids: Sequen
     return digest.hexdigest()
 
 
+def check_keeps_rows(num_samples: int, config) -> None:
+    """Refuse a ratio that would keep nothing: training on zero rows fails deep inside the Trainer."""
+    if reflection.num_to_keep(num_samples, config.selection_ratio, config.selection_max_samples) == 0:
+        raise ValueError(
+            f"selection_ratio={config.selection_ratio} keeps floor({num_samples} x {config.selection_ratio}) = 0 "
+            "rows: raise selection_ratio or set selection_max_samples."
+        )
+
+
 def _pad_id(tokenizer) -> int:
     # Padded positions are masked out, so any valid id will do.
     for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0):
@@ -164,12 +173,7 @@ def run_selection(
             before anything is written.
         write: whether this process writes the files (only the main process does).
     """
-    keep = reflection.num_to_keep(len(samples), config.selection_ratio, config.selection_max_samples)
-    if keep == 0:
-        raise ValueError(
-            f"selection_ratio={config.selection_ratio} keeps floor({len(samples)} x {config.selection_ratio}) = 0 "
-            "rows: raise selection_ratio or set selection_max_samples."
-        )
+    check_keeps_rows(len(samples), config)
     model_ids = [r.model_id for r in raters]
     if len(set(model_ids)) != len(model_ids):
         raise ValueError(f"Each scoring model must appear once, got {model_ids}.")

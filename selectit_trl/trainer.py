@@ -11,11 +11,11 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTra
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 from trl import SFTTrainer
 
-from . import formats, reflection
+from . import formats
 from .config import SelectiveSFTConfig
 from .models import EMBEDDED_MODEL_ID, embedded_model_path, model_fingerprint, parameter_count, scoring_mode
 from .prompts import load_prompts, score_token_ids
-from .selection import Rater, SelectionResult, run_selection
+from .selection import Rater, SelectionResult, check_keeps_rows, run_selection
 
 logger = logging.getLogger(__name__)
 
@@ -107,11 +107,7 @@ class SelectiveSFTTrainer(SFTTrainer):
         """Everything about the selection that can be wrong, checked before the model is loaded."""
         load_prompts(args.selection_num_prompts, args.selection_score_max, args.selection_prompts, args.selection_prompts_file)
         score_token_ids(tokenizer, args.selection_score_max)
-        if reflection.num_to_keep(len(self.rating_samples), args.selection_ratio, args.selection_max_samples) == 0:
-            raise ValueError(
-                f"selection_ratio={args.selection_ratio} keeps floor({len(self.rating_samples)} x {args.selection_ratio}) "
-                "= 0 rows: raise selection_ratio or set selection_max_samples."
-            )
+        check_keeps_rows(len(self.rating_samples), args)
 
     def _base_rater(self) -> Rater:
         config = self.model.config
