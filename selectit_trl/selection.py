@@ -120,7 +120,7 @@ def _stored_probs(output_dir, stored: dict | None, key: dict, num_samples: int) 
             raise ValueError("rows missing or out of order")
         found = {m["id"]: np.array([r["probs"][m["id"]] for r in records], dtype=np.float64) for m in matching}
         for probs in found.values():
-            if probs.shape[0] != num_samples or probs.ndim != 3 or not np.isfinite(probs).all():
+            if probs.ndim != 3 or not np.isfinite(probs).all():
                 raise ValueError("probabilities of the wrong shape")
     except (OSError, ValueError, KeyError, TypeError) as error:
         logger.warning("Ignoring the stored scores in %s (%s); scoring again.", store.selection_dir(output_dir), error)
@@ -181,10 +181,19 @@ def run_selection(
         config.selection_num_prompts, config.selection_score_max, config.selection_prompts, config.selection_prompts_file
     )
 
-    # What each model will see, and so what its probabilities depend on.
-    requests_by_model, token_ids_by_model, model_keys = {}, {}, []
-    for rater in raters:
+    def requests_of(rater: Rater) -> tuple[list, list[int]]:
         token_ids = score_token_ids(rater.tokenizer, config.selection_score_max)
+        requests = build_requests(
+            samples, prompts, rater.tokenizer, config.selection_prompt_layout, config.selection_use_chat_template
+        )
+        return requests, token_ids
+
+    # What each model will see, and so what its probabilities depend on. The token lists are dropped once hashed
+    # and rebuilt for the models that must score: holding every model's lists at once would cost gigabytes on a
+    # 50k-row dataset, while tokenizing again takes seconds next to hours of scoring.
+    model_keys = []
+    for rater in raters:
+        requests, token_ids = requests_of(rater)
         if not rating_token_follows(rater.tokenizer, config.selection_prompt_layout, config.selection_use_chat_template, token_ids[0]):
             logger.warning(
                 "With the tokenizer of %s, a rating digit after the request merges with the preceding text into "
@@ -192,13 +201,10 @@ def run_selection(
                 "signal. Prefer sample_first; keep prompt_first only to reproduce the released scripts' scores.",
                 rater.model_id,
             )
-        requests = build_requests(
-            samples, prompts, rater.tokenizer, config.selection_prompt_layout, config.selection_use_chat_template
-        )
-        requests_by_model[rater.model_id], token_ids_by_model[rater.model_id] = requests, token_ids
         model_keys.append(
             {"id": rater.model_id, "fingerprint": rater.fingerprint, "requests_sha256": requests_hash(requests, token_ids)}
         )
+        del requests
     scoring_key = {"dataset_sha256": dataset_hash(samples), "num_samples": len(samples), "models": model_keys}
 
     stored = store.read_summary(output_dir)
@@ -212,22 +218,23 @@ def run_selection(
         )
     if probs_by_model:
         logger.info("Reusing stored probabilities of %s.", ", ".join(probs_by_model))
-    scoring_seconds = dict((stored or {}).get("scoring_seconds_by_model", {}))
-    scoring_seconds = {m: t for m, t in scoring_seconds.items() if m in probs_by_model}
+    stored_seconds = (stored or {}).get("scoring_seconds_by_model", {})
+    scoring_seconds = {m: t for m, t in stored_seconds.items() if m in probs_by_model}
     for rater in to_score:
+        requests, token_ids = requests_of(rater)
         model = rater.load()
         started = time.perf_counter()
         probs_by_model[rater.model_id] = score_requests(
             model,
-            requests_by_model[rater.model_id],
-            token_ids_by_model[rater.model_id],
+            requests,
+            token_ids,
             _pad_id(rater.tokenizer),
             max_batch_tokens=config.selection_max_batch_tokens,
             progress=progress,
             desc=f"Scoring with {rater.model_id}",
         )
         scoring_seconds[rater.model_id] = time.perf_counter() - started
-        model = None
+        model = requests = None
         if rater.release_after_use:
             _free_memory()
 

@@ -73,13 +73,12 @@ class SelectiveSFTTrainer(SFTTrainer):
         processing_class=None,
         **kwargs,
     ):
-        if model is None:
+        embedded = model is None
+        if embedded:
             model = embedded_model_path()
-            self.selection_model_id = EMBEDDED_MODEL_ID
-        else:
-            self.selection_model_id = model if isinstance(model, str) else (model.config._name_or_path or type(model).__name__)
-        # Where the weights came from, for the fingerprint; None for an in-memory model with no name.
+        # Where the weights came from, for the tokenizer and the fingerprint; None for an unnamed in-memory model.
         self._model_source = model if isinstance(model, str) else (model.config._name_or_path or None)
+        self.selection_model_id = EMBEDDED_MODEL_ID if embedded else (self._model_source or type(model).__name__)
         if args is None:
             args = SelectiveSFTConfig(output_dir=f"{self.selection_model_id.split('/')[-1]}-SelectIT")
         if not isinstance(args, SelectiveSFTConfig):
@@ -87,9 +86,7 @@ class SelectiveSFTTrainer(SFTTrainer):
         if train_dataset is None:
             raise ValueError("SelectiveSFTTrainer needs a train_dataset to select from.")
         if processing_class is None:
-            processing_class = AutoTokenizer.from_pretrained(
-                model if isinstance(model, str) else model.config._name_or_path, trust_remote_code=args.trust_remote_code
-            )
+            processing_class = AutoTokenizer.from_pretrained(self._model_source, trust_remote_code=args.trust_remote_code)
 
         # Two views of the same rows, index for index: what is rated, and what is trained on. The trained view is
         # kept aside unprepared, because the subset is cut from it in train(), after scoring.
