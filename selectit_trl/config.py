@@ -70,6 +70,14 @@ class SelectiveSFTConfig(SFTConfig):
         default=None,
         metadata={"help": "A text file with one rating prompt per line. Takes precedence over selection_prompts."},
     )
+    selection_rating_preamble: str | None = field(
+        default=None,
+        metadata={
+            "help": "Text said once before the sample in every rating request, e.g. the rating scale. Unset: the "
+            "default preamble with the default prompts, none with your own prompts. '' turns it off. "
+            "'{score_max}' is replaced by S."
+        },
+    )
     selection_use_chat_template: bool = field(
         default=True,
         metadata={"help": "With 'sample_first', render rating requests through the tokenizer's chat template when it has one."},
@@ -84,7 +92,10 @@ class SelectiveSFTConfig(SFTConfig):
     )
     selection_max_batch_tokens: int = field(
         default=DEFAULT_MAX_BATCH_TOKENS,
-        metadata={"help": "Token budget of one scoring forward pass (padded rows x width). Lower it if scoring runs out of memory."},
+        metadata={
+            "help": "Token budget of one scoring forward pass: padded rows x width, where a sample_first row holds "
+            "one sample's prefix and its K requests. Lower it if scoring runs out of memory."
+        },
     )
     selection_dataset_format: str | None = field(
         default=None,

@@ -17,22 +17,37 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
+from .scoring import SampleRequests
+
 LAYOUTS = ("sample_first", "prompt_first")
 
-# Written for this project. Each asks for one number on a 1..S scale and reads the same whether it stands
-# before the sample (prompt_first) or after it (sample_first). "{score_max}" is replaced by S.
-DEFAULT_RATING_PROMPTS: tuple[str, ...] = (
-    "On a scale from 1 to {score_max}, how well does the response carry out the instruction?",
-    "Give the response a quality score from 1 (poor) to {score_max} (excellent).",
-    "How correct and helpful is the response? Answer with one number from 1 to {score_max}.",
-    "Rate how accurately the response answers the instruction, from 1 to {score_max}.",
-    "Score how completely the response fulfils the request: 1 means not at all, {score_max} means fully.",
-    "Would a careful expert accept this response as written? Rate it from 1 to {score_max}.",
-    "Judge the response for relevance and correctness on a scale of 1 to {score_max}.",
-    "As an example for teaching an assistant, how good is this instruction and response? Give 1 to {score_max}.",
-    "How clear, accurate and useful is the response? Reply with a score between 1 and {score_max}.",
-    "Grade the answer from 1 (unacceptable) to {score_max} (ideal).",
+# Written for this project. The preamble is said once, before the sample; each request is a short question put
+# after it. With `sample_first` the K requests of a sample then share everything up to the end of the sample,
+# preamble included, and only a dozen tokens per request are left to compute. The requests still ask about
+# different qualities (correctness, helpfulness, completeness, ...), which is where the K-prompt disagreement
+# that SelectIT measures comes from. "{score_max}" is replaced by S.
+DEFAULT_RATING_PREAMBLE = (
+    "Below are an instruction and a response written for it. After them comes one question about the response. "
+    "Answer it with a single whole number from 1 (worst) to {score_max} (best)."
 )
+DEFAULT_RATING_PROMPTS: tuple[str, ...] = (
+    "How good is the response?",
+    "Rate its overall quality.",
+    "How correct is it?",
+    "How helpful is the response?",
+    "Does it follow the instruction?",
+    "How complete is the answer?",
+    "Would an expert accept it?",
+    "How accurate is it?",
+    "Is it clear and useful?",
+    "Grade the response.",
+)
+
+# Marks where the sample ends inside a chat-template rendering, so the text can be cut there (see
+# `_chat_parts`). Any string a template passes through unchanged and no dataset contains would do.
+_SPLIT_MARK = "\u2063<selectit-split>\u2063"
 
 
 @dataclass(frozen=True)
@@ -43,16 +58,36 @@ class RatingSample:
     response: str
 
 
+@dataclass(frozen=True)
+class RatingPrompts:
+    """The K rating requests, and the preamble said once before the sample ("" for none)."""
+
+    requests: tuple[str, ...]
+    preamble: str = ""
+
+    def __len__(self) -> int:
+        return len(self.requests)
+
+    def whole(self) -> list[str]:
+        """Each request with the preamble in front: the K complete rating prompts."""
+        return [f"{self.preamble} {r}" if self.preamble else r for r in self.requests]
+
+
 def load_prompts(
     num_prompts: int,
     score_max: int,
     prompts: Sequence[str] | None = None,
     prompts_file: str | os.PathLike | None = None,
-) -> list[str]:
+    preamble: str | None = None,
+) -> RatingPrompts:
     """The first K rating prompts, from a file, a list, or the default set (in that order of precedence).
 
     A file holds one prompt per line. Each line keeps its trailing newline, exactly as the released scripts
     read it, so that `prompt_first` renders their bytes. Blank lines are skipped.
+
+    Args:
+        preamble: text said once before the sample. `None` means the default preamble with the default prompts,
+            and no preamble with prompts of your own, which are taken to be whole rating prompts.
     """
     if prompts_file is not None:
         if not os.path.isfile(prompts_file):
@@ -68,6 +103,8 @@ def load_prompts(
     else:
         candidates = list(DEFAULT_RATING_PROMPTS)
         source = "the default prompt set"
+        if preamble is None:
+            preamble = DEFAULT_RATING_PREAMBLE
     if not candidates:
         raise ValueError(f"No rating prompts found in {source}: give at least one non-empty line.")
     if num_prompts < 1:
@@ -77,8 +114,12 @@ def load_prompts(
             f"selection_num_prompts={num_prompts} but {source} holds only {len(candidates)} prompts: "
             f"lower selection_num_prompts or add prompts."
         )
-    # Plain replacement rather than str.format, so that braces in a user's prompt are left alone.
-    return [p.replace("{score_max}", str(score_max)) for p in candidates[:num_prompts]]
+
+    def fill(text: str) -> str:
+        # Plain replacement rather than str.format, so that braces in a user's prompt are left alone.
+        return text.replace("{score_max}", str(score_max))
+
+    return RatingPrompts(tuple(fill(p) for p in candidates[:num_prompts]), fill((preamble or "").strip()))
 
 
 def render_prompt_first(sample: RatingSample, prompt_line: str) -> str:
@@ -86,59 +127,104 @@ def render_prompt_first(sample: RatingSample, prompt_line: str) -> str:
     return prompt_line + "\n" + "Instruction:" + sample.instruction + "\n" + "Response:" + sample.response + "\nThe answer is: \n"
 
 
-def sample_first_texts(sample: RatingSample, prompts: Sequence[str]) -> tuple[str, list[str]]:
-    """The shared prefix (the sample) and the K suffixes (a rating request each) of the `sample_first` layout.
+def sample_first_texts(sample: RatingSample, prompts: RatingPrompts, chat: bool = False) -> tuple[str, list[str]]:
+    """The shared prefix (preamble and sample) and the K suffixes (a rating request each) of `sample_first`.
 
-    The suffix ends in "Rating: " with its space: tokenizers in the Llama, SmolLM and GPT families put a digit
-    after a separate space token, so the rating digit is the very next token.
+    Without a chat template the suffix ends in "Rating: " with its space: tokenizers in the Llama, SmolLM and
+    GPT families put a digit after a separate space token, so the rating digit is the very next token. In a
+    chat the assistant turn that follows is the cue, and the request ends with itself.
     """
-    prefix = "Instruction:\n" + sample.instruction + "\n\nResponse:\n" + sample.response
-    return prefix, ["\n\n" + prompt.strip() + "\nRating: " for prompt in prompts]
+    head = prompts.preamble + "\n\n" if prompts.preamble else ""
+    prefix = head + "Instruction:\n" + sample.instruction + "\n\nResponse:\n" + sample.response
+    cue = "" if chat else "\nRating: "
+    return prefix, ["\n\n" + request.strip() + cue for request in prompts.requests]
 
 
-def chat_texts(sample: RatingSample, prompts: Sequence[str], tokenizer) -> list[str]:
-    """`sample_first` rendered through the tokenizer's chat template, one user turn per rating request."""
-    prefix, suffixes = sample_first_texts(sample, prompts)
-    return [
-        tokenizer.apply_chat_template(
-            [{"role": "user", "content": prefix + suffix.rstrip(" ")}], tokenize=False, add_generation_prompt=True
+def _chat_parts(sample: RatingSample, prompts: RatingPrompts, tokenizer, count: int | None = None) -> tuple[str, list[str]]:
+    """`sample_first` through the chat template, cut where the sample ends: (shared prefix, suffixes).
+
+    Args:
+        count: render only the first `count` requests (the prefix needs one; the suffixes, which do not depend
+            on the sample, are rendered once for the whole dataset).
+    """
+    prefix, suffixes = sample_first_texts(sample, prompts, chat=True)
+    heads, tails = [], []
+    for suffix in suffixes[:count]:
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": prefix + _SPLIT_MARK + suffix}], tokenize=False, add_generation_prompt=True
         )
-        for suffix in suffixes
-    ]
+        pieces = text.split(_SPLIT_MARK)
+        if len(pieces) != 2:
+            raise ValueError("The tokenizer's chat template alters the message text; set selection_use_chat_template=false.")
+        heads.append(pieces[0])
+        tails.append(pieces[1])
+    return heads[0], tails
+
+
+def _leading_special_ids(tokenizer) -> list[int]:
+    """The ids a plain `tokenizer(text)` call puts before the text (a BOS token, for most models)."""
+    with_special = tokenizer("a", add_special_tokens=True)["input_ids"]
+    bare = tokenizer("a", add_special_tokens=False)["input_ids"]
+    for start in range(len(with_special) - len(bare) + 1):
+        if with_special[start : start + len(bare)] == bare:
+            return with_special[:start]
+    return []
+
+
+def _token_arrays(tokenizer, texts: Sequence[str], add_special_tokens: bool = False) -> list[np.ndarray]:
+    """Token ids as compact int32 arrays, tokenised in chunks: Python lists of ints would cost ~9x the memory."""
+    out: list[np.ndarray] = []
+    for start in range(0, len(texts), _TOKENIZE_CHUNK):
+        chunk = tokenizer(list(texts[start : start + _TOKENIZE_CHUNK]), add_special_tokens=add_special_tokens)["input_ids"]
+        out.extend(np.asarray(ids, dtype=np.int32) for ids in chunk)
+    return out
+
+
+_TOKENIZE_CHUNK = 1024
 
 
 def build_requests(
     samples: Sequence[RatingSample],
-    prompts: Sequence[str],
+    prompts: RatingPrompts,
     tokenizer,
     layout: str = "sample_first",
     use_chat_template: bool = True,
-) -> list[list[list[int]]]:
-    """Token ids of every rating request: one list per sample, holding K sequences (one per prompt).
+) -> list[SampleRequests]:
+    """Token ids of every rating request: for each sample, a shared prefix and K suffixes (one per prompt).
+
+    The model sees `prefix + suffix_k` for prompt k. With `sample_first` the prefix is the preamble and the
+    sample, tokenised once per sample, and the K suffixes are the same arrays for every sample. With
+    `prompt_first` nothing is shared: the prefix is empty and each suffix is a whole released-layout request.
 
     Args:
         use_chat_template: for `sample_first`, render through the tokenizer's chat template when it has one.
             `prompt_first` never uses a chat template.
     """
-    if layout == "prompt_first":
-        texts = [render_prompt_first(s, p) for s in samples for p in prompts]
-        # A plain tokenizer(text) call, special tokens added as the tokenizer normally does.
-        flat = tokenizer(texts, add_special_tokens=True)["input_ids"]
-    elif layout == "sample_first":
-        if use_chat_template and getattr(tokenizer, "chat_template", None):
-            texts = [t for s in samples for t in chat_texts(s, prompts, tokenizer)]
-            # The template already writes any BOS it wants; adding special tokens again would double it.
-            flat = tokenizer(texts, add_special_tokens=False)["input_ids"]
-        else:
-            pairs = [sample_first_texts(s, prompts) for s in samples]
-            prefixes = tokenizer([p for p, _ in pairs], add_special_tokens=True)["input_ids"]
-            suffixes = tokenizer([x for _, xs in pairs for x in xs], add_special_tokens=False)["input_ids"]
-            # Tokenised apart and joined, so that every request of a sample starts with the identical prefix.
-            flat = [prefixes[i // len(prompts)] + suffixes[i] for i in range(len(suffixes))]
-    else:
-        raise ValueError(f"Unknown selection_prompt_layout {layout!r}: use one of {', '.join(LAYOUTS)}.")
     k = len(prompts)
-    return [flat[i * k : (i + 1) * k] for i in range(len(samples))]
+    if layout == "prompt_first":
+        lines = prompts.whole()
+        texts = [render_prompt_first(s, line) for s in samples for line in lines]
+        # A plain tokenizer(text) call, special tokens added as the tokenizer normally does.
+        flat = _token_arrays(tokenizer, texts, add_special_tokens=True)
+        empty = np.zeros(0, dtype=np.int32)
+        return [SampleRequests(empty, tuple(flat[i * k : (i + 1) * k])) for i in range(len(samples))]
+    if layout != "sample_first":
+        raise ValueError(f"Unknown selection_prompt_layout {layout!r}: use one of {', '.join(LAYOUTS)}.")
+    if use_chat_template and getattr(tokenizer, "chat_template", None):
+        # The template writes any BOS it wants itself; the suffixes do not depend on the sample, so one
+        # rendering gives them for all.
+        prefixes = [_chat_parts(s, prompts, tokenizer, count=1)[0] for s in samples]
+        suffixes = _chat_parts(RatingSample("", ""), prompts, tokenizer)[1]
+        leading: list[int] = []
+    else:
+        prefixes = [sample_first_texts(s, prompts)[0] for s in samples]
+        suffixes = sample_first_texts(RatingSample("", ""), prompts)[1]
+        leading = _leading_special_ids(tokenizer)
+    # Prefix and suffixes are tokenised apart and joined, so that every request of a sample starts with the
+    # identical token prefix; the cut sits at the end of the response, where tokenisers split anyway.
+    suffix_ids = tuple(_token_arrays(tokenizer, suffixes))
+    head = np.asarray(leading, dtype=np.int32)
+    return [SampleRequests(np.concatenate([head, ids]), suffix_ids) for ids in _token_arrays(tokenizer, prefixes)]
 
 
 def rating_token_follows(tokenizer, layout: str, use_chat_template: bool, token_id: int) -> bool:
@@ -147,13 +233,14 @@ def rating_token_follows(tokenizer, layout: str, use_chat_template: bool, token_
     If the tokenizer would merge the digit with what precedes it (GPT-2's BPE writes " 1" as one token), the
     model rarely predicts the bare digit there, and its rating probabilities carry less signal.
     """
-    probe = RatingSample("Add 2 and 3.", "5")
+    probe, prompts = RatingSample("Add 2 and 3.", "5"), RatingPrompts(("Rate the response.",))
     if layout == "prompt_first":
         text = render_prompt_first(probe, "Rate the response.\n")
     elif use_chat_template and getattr(tokenizer, "chat_template", None):
-        text = chat_texts(probe, ["Rate the response."], tokenizer)[0]
+        prefix, suffixes = _chat_parts(probe, prompts, tokenizer)
+        text = prefix + suffixes[0]
     else:
-        prefix, suffixes = sample_first_texts(probe, ["Rate the response."])
+        prefix, suffixes = sample_first_texts(probe, prompts)
         text = prefix + suffixes[0]
     without = tokenizer(text, add_special_tokens=False)["input_ids"]
     return tokenizer(text + tokenizer.convert_ids_to_tokens(token_id), add_special_tokens=False)["input_ids"] == [*without, token_id]

@@ -1,25 +1,55 @@
 """The scoring engine: token ids in, raw probabilities of the rating tokens out.
 
-It knows nothing of datasets, prompts or files. Given, for each sample, K token sequences (one per rating
-prompt), it returns the full-vocabulary softmax at the last position of each, read at the rating tokens.
+It knows nothing of datasets, prompts or files. Each sample arrives as a shared prefix and K suffixes (one per
+rating prompt); the model reads `prefix + suffix_k`, and the engine returns the full-vocabulary softmax at the
+last position of each, read at the rating tokens.
+
+Two ways to run a batch give the same numbers:
+
+* **Shared prefix** (when samples have a prefix): one row per sample, holding the prefix once and then the K
+  suffixes side by side, under a block attention mask. Each suffix sees the prefix and itself, never the
+  other suffixes, and its position ids continue from the end of the prefix, so it is computed exactly as if
+  it followed the prefix alone. The prefix is computed once instead of K times.
+* **Whole rows**: K left-padded rows per sample, each `prefix + suffix_k` (the `prompt_first` layout, and
+  models whose attention cannot take a custom mask).
+
+Either way only the positions that are read go through the LM head, and batches are cut by a token budget.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Iterator, Sequence
+from typing import NamedTuple
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+logger = logging.getLogger(__name__)
+
 DEFAULT_MAX_BATCH_TOKENS = 8192
+
+# Attention implementations that take an arbitrary 4D mask; flash-attention kernels only know padding.
+_MASKABLE_ATTENTION = ("sdpa", "eager")
+
+
+class SampleRequests(NamedTuple):
+    """One sample's K rating requests: the model reads `prefix + suffixes[k]` for prompt k."""
+
+    prefix: np.ndarray  # int token ids, possibly empty
+    suffixes: tuple[np.ndarray, ...]  # K arrays of int token ids, each non-empty
+
+    def sequence(self, k: int) -> np.ndarray:
+        return np.concatenate([self.prefix, self.suffixes[k]])
 
 
 def plan_batches(lengths: Sequence[int], max_batch_tokens: int, rows_per_item: int = 1) -> list[list[int]]:
     """Group items into batches whose padded size (rows x longest row) stays within a token budget.
 
-    Each item brings `rows_per_item` rows of (at most) its length: a sample brings its K rating requests.
+    Each item brings `rows_per_item` rows of (at most) its length: with whole rows, a sample brings its K
+    rating requests; with a shared prefix, one packed row.
 
     Items are taken longest first, so that each batch holds items of similar length and pads little, and so
     that the largest batch runs first: memory trouble shows at once, not an hour in. An item larger than the
@@ -42,7 +72,12 @@ def plan_batches(lengths: Sequence[int], max_batch_tokens: int, rows_per_item: i
     return batches
 
 
-def _left_pad(sequences: Sequence[Sequence[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _input_device(model) -> torch.device:
+    # The embedding's device, which is where inputs must go even when the model is spread over devices.
+    return model.get_input_embeddings().weight.device
+
+
+def _left_pad(sequences: Sequence[np.ndarray], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Left-pad so that every row's last real token sits at the final position.
 
     Position ids are counted over real tokens only, so a padded row sees exactly the positions it would see
@@ -58,58 +93,169 @@ def _left_pad(sequences: Sequence[Sequence[int]], pad_id: int, device) -> tuple[
     return ids.to(device), mask.to(device), positions.to(device)
 
 
+def _read_probs(logits: torch.Tensor, token_ids: Sequence[int]) -> np.ndarray:
+    """Softmax over the full vocabulary in fp32, read at the rating tokens."""
+    probs = torch.softmax(logits.float(), dim=-1)
+    return probs[..., torch.as_tensor(list(token_ids), device=probs.device)].double().cpu().numpy()
+
+
 @torch.no_grad()
 def last_token_probs(model, sequences: Sequence[Sequence[int]], token_ids: Sequence[int], pad_id: int) -> np.ndarray:
-    """One forward pass over a batch: full-vocabulary softmax at each row's last position, read at `token_ids`."""
-    device = next(model.parameters()).device
-    input_ids, attention_mask, position_ids = _left_pad(sequences, pad_id, device)
-    # logits_to_keep=1 computes the LM head at the last position only: with a large vocabulary this is most of
+    """Whole rows: one forward pass over a batch of sequences, probabilities at each row's last position."""
+    input_ids, attention_mask, position_ids = _left_pad([np.asarray(s) for s in sequences], pad_id, _input_device(model))
+    # logits_to_keep=1 computes the LM head at the last position only: with a large vocabulary this is much of
     # the compute the released scripts spend per token.
     output = model(
         input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, logits_to_keep=1, use_cache=False
     )
-    logits = output.logits[:, -1, :].float()
-    probs = torch.softmax(logits, dim=-1)[:, torch.as_tensor(list(token_ids), device=device)]
-    return probs.double().cpu().numpy()
+    return _read_probs(output.logits[:, -1, :], token_ids)
+
+
+def _packed_layout(requests: Sequence[SampleRequests]) -> tuple[int, list[int]]:
+    """Width of the prefix block and of each suffix block, so that every block is right-aligned in all rows."""
+    prefix_width = max(len(r.prefix) for r in requests)
+    suffix_widths = [max(len(r.suffixes[k]) for r in requests) for k in range(len(requests[0].suffixes))]
+    return prefix_width, suffix_widths
+
+
+def packed_width(request: SampleRequests) -> int:
+    """Tokens in a sample's shared-prefix row: the prefix once, then every suffix."""
+    return len(request.prefix) + sum(len(s) for s in request.suffixes)
+
+
+def _packed_inputs(requests: Sequence[SampleRequests], pad_id: int, boolean_mask: bool, dtype, device):
+    """Input ids, 4D block mask, position ids and read positions of a shared-prefix batch.
+
+    Row layout: [pad.. prefix | pad.. suffix_1 | pad.. suffix_2 | ...]. Each block is right-aligned to a width
+    common to the batch, so the last token of suffix k sits at the same column in every row, and the LM head
+    runs on those K columns only.
+    """
+    prefix_width, suffix_widths = _packed_layout(requests)
+    width = prefix_width + sum(suffix_widths)
+    ends = (prefix_width + np.cumsum(suffix_widths) - 1).tolist()
+    ids = np.full((len(requests), width), pad_id, dtype=np.int64)
+    # Which block each column belongs to: -1 the prefix, k suffix k, -2 padding.
+    block = np.full((len(requests), width), -2, dtype=np.int64)
+    positions = np.zeros((len(requests), width), dtype=np.int64)
+    for row, request in enumerate(requests):
+        n = len(request.prefix)
+        ids[row, prefix_width - n : prefix_width] = request.prefix
+        block[row, prefix_width - n : prefix_width] = -1
+        positions[row, prefix_width - n : prefix_width] = np.arange(n)
+        for k, suffix in enumerate(request.suffixes):
+            end = ends[k] + 1
+            ids[row, end - len(suffix) : end] = suffix
+            block[row, end - len(suffix) : end] = k
+            # Positions go on from the end of this row's prefix, as if the suffix followed it alone.
+            positions[row, end - len(suffix) : end] = n + np.arange(len(suffix))
+    block_t = torch.from_numpy(block)
+    query, key = block_t[:, :, None], block_t[:, None, :]
+    causal = torch.ones(width, width, dtype=torch.bool).tril()
+    allowed = causal & (key != -2) & ((key == -1) | (key == query))
+    # Padding attends to itself: a row with nothing to attend to would come out as NaN in some kernels, and a
+    # NaN value is not cancelled by a zero weight further on.
+    allowed |= torch.eye(width, dtype=torch.bool)
+    mask = allowed[:, None]
+    if not boolean_mask:
+        # Eager attention adds its mask to the scores.
+        mask = torch.zeros(mask.shape, dtype=dtype).masked_fill(~mask, torch.finfo(dtype).min)
+    return (
+        torch.from_numpy(ids).to(device),
+        mask.to(device),
+        torch.from_numpy(positions).to(device),
+        torch.as_tensor(ends, device=device),
+    )
+
+
+@torch.no_grad()
+def shared_prefix_probs(model, requests: Sequence[SampleRequests], token_ids: Sequence[int], pad_id: int) -> np.ndarray:
+    """Shared prefix: one forward pass, one packed row per sample, probabilities [n, K, S]."""
+    implementation = model.config._attn_implementation
+    dtype = next(p for p in model.parameters() if p.is_floating_point()).dtype
+    input_ids, mask, position_ids, ends = _packed_inputs(
+        requests, pad_id, boolean_mask=implementation == "sdpa", dtype=dtype, device=_input_device(model)
+    )
+    output = model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids, logits_to_keep=ends, use_cache=False)
+    return _read_probs(output.logits, token_ids)
+
+
+def can_share_prefixes(model) -> bool:
+    """Whether the model's attention takes the custom block mask that prefix sharing needs."""
+    return getattr(model.config, "_attn_implementation", None) in _MASKABLE_ATTENTION
+
+
+def _prefix_sharing_agrees(model, request: SampleRequests, token_ids, pad_id) -> tuple[bool, float]:
+    """Compare prefix sharing with whole rows on one sample before trusting it for a whole dataset.
+
+    A model whose code ignores a custom attention mask would otherwise give wrong scores without an error.
+    Low-precision kernels differ from each other by rounding, so the tolerance follows the weights' dtype.
+    """
+    shared = shared_prefix_probs(model, [request], token_ids, pad_id)[0]
+    whole = np.stack([last_token_probs(model, [request.sequence(k)], token_ids, pad_id)[0] for k in range(len(request.suffixes))])
+    difference = float(np.abs(shared - whole).max())
+    full_precision = getattr(model, "dtype", None) == torch.float32 and getattr(model.config, "quantization_config", None) is None
+    return difference <= (1e-3 if full_precision else 5e-2), difference
 
 
 def iter_score_batches(
     model,
-    requests: Sequence[Sequence[Sequence[int]]],
+    requests: Sequence[SampleRequests],
     token_ids: Sequence[int],
     pad_id: int,
     max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
     progress: bool = True,
     desc: str = "Scoring",
+    share_prefix: bool = True,
 ) -> Iterator[tuple[list[int], np.ndarray]]:
     """Score samples batch by batch, yielding `(sample indices, probs [n, K, S])` as each batch finishes.
 
     Args:
-        requests: for each sample, its K token sequences (one per rating prompt). A sample's K rows always
-            share a batch.
+        requests: for each sample, its prefix and K suffixes. A sample's K requests always share a batch.
         max_batch_tokens: budget for one forward pass, counted as padded rows x width.
+        share_prefix: compute each sample's prefix once for its K suffixes. Used when the samples have
+            prefixes and the model's attention takes a custom mask; checked against whole rows on the first
+            sample, and turned off with a warning if the two disagree.
     """
-    k = len(requests[0]) if requests else 0
-    widths = [max(len(seq) for seq in sample) for sample in requests]
+    if not requests:
+        return
+    k = len(requests[0].suffixes)
+    whole_widths = [len(r.prefix) + max(len(s) for s in r.suffixes) for r in requests]
     limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
-    too_long = [i for i, width in enumerate(widths) if limit and width > limit]
+    too_long = [i for i, width in enumerate(whole_widths) if limit and width > limit]
     if too_long:
         raise ValueError(
             f"{len(too_long)} sample(s), the first at index {too_long[0]}, render to more than the {limit} positions "
             "this model can attend to. Shorten or drop those rows before selection."
         )
-    batches = plan_batches(widths, max_batch_tokens, rows_per_item=k)
+    shared = share_prefix and any(len(r.prefix) for r in requests) and can_share_prefixes(model)
+    if shared:
+        agrees, difference = _prefix_sharing_agrees(model, requests[0], token_ids, pad_id)
+        if not agrees:
+            logger.warning(
+                "Prefix sharing and whole rows disagree by %.3g on the first sample with this model; scoring with "
+                "whole rows instead (slower, same numbers as the released procedure's layout).",
+                difference,
+            )
+            shared = False
+    if shared:
+        batches = plan_batches([packed_width(r) for r in requests], max_batch_tokens, rows_per_item=1)
+    else:
+        batches = plan_batches(whole_widths, max_batch_tokens, rows_per_item=k)
     with tqdm(total=len(requests), desc=desc, unit="sample", disable=not progress, dynamic_ncols=True) as bar:
         for batch in batches:
-            rows = [seq for i in batch for seq in requests[i]]
-            probs = last_token_probs(model, rows, token_ids, pad_id)
-            yield batch, probs.reshape(len(batch), k, len(token_ids))
+            if shared:
+                probs = shared_prefix_probs(model, [requests[i] for i in batch], token_ids, pad_id)
+            else:
+                rows = [requests[i].sequence(j) for i in batch for j in range(k)]
+                probs = last_token_probs(model, rows, token_ids, pad_id).reshape(len(batch), k, len(token_ids))
+            yield batch, probs
             bar.update(len(batch))
 
 
-def score_requests(model, requests, token_ids, pad_id, max_batch_tokens=DEFAULT_MAX_BATCH_TOKENS, progress=True, desc="Scoring") -> np.ndarray:
-    """All of `iter_score_batches`, gathered into one array of shape [N, K, S] in sample order."""
-    out = np.full((len(requests), len(requests[0]) if requests else 0, len(token_ids)), math.nan)
-    for batch, probs in iter_score_batches(model, requests, token_ids, pad_id, max_batch_tokens, progress, desc):
+def score_requests(model, requests: Sequence[SampleRequests], token_ids: Sequence[int], pad_id: int, **options) -> np.ndarray:
+    """All of `iter_score_batches` (which takes the same `options`), gathered into one array [N, K, S] in sample order."""
+    k = len(requests[0].suffixes) if requests else 0
+    out = np.full((len(requests), k, len(token_ids)), math.nan)
+    for batch, probs in iter_score_batches(model, requests, token_ids, pad_id, **options):
         out[batch] = probs
     return out

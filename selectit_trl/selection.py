@@ -20,7 +20,7 @@ import torch
 
 from . import reflection, store
 from .prompts import RatingSample, build_requests, load_prompts, rating_token_follows, score_token_ids
-from .scoring import score_requests
+from .scoring import SampleRequests, score_requests
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ def indices_hash(indices: Sequence[int]) -> str:
     return hashlib.sha256(",".join(str(i) for i in sorted(indices)).encode("ascii")).hexdigest()
 
 
-def requests_hash(requests: Sequence[Sequence[Sequence[int]]], token_ids: Sequence[int]) -> str:
+def requests_hash(requests: Sequence[SampleRequests], token_ids: Sequence[int]) -> str:
     """sha256 of every token id a model will see and of the rating tokens it is read at.
 
     This pins data, prompts, layout, chat template and tokenizer at once: if any of them changes, so does
@@ -80,8 +80,10 @@ def requests_hash(requests: Sequence[Sequence[Sequence[int]]], token_ids: Sequen
     """
     digest = hashlib.sha256(np.asarray(token_ids, dtype=np.int64).tobytes())
     for sample in requests:
-        for sequence in sample:
-            digest.update(np.asarray(sequence, dtype=np.int64).tobytes())
+        # Whole sequences, as the model reads them: how they are split into prefix and suffixes is a matter of
+        # speed, not of what is scored.
+        for k in range(len(sample.suffixes)):
+            digest.update(sample.sequence(k).astype(np.int64).tobytes())
             digest.update(b"|")
     return digest.hexdigest()
 
@@ -178,7 +180,11 @@ def run_selection(
     if len(set(model_ids)) != len(model_ids):
         raise ValueError(f"Each scoring model must appear once, got {model_ids}.")
     prompts = load_prompts(
-        config.selection_num_prompts, config.selection_score_max, config.selection_prompts, config.selection_prompts_file
+        config.selection_num_prompts,
+        config.selection_score_max,
+        config.selection_prompts,
+        config.selection_prompts_file,
+        config.selection_rating_preamble,
     )
 
     def requests_of(rater: Rater) -> tuple[list, list[int]]:
@@ -269,7 +275,8 @@ def run_selection(
         "selection_config": config.selection_settings(),
         "counts": {"total": len(samples), "selected": len(selected)},
         "models": [{"id": m, "num_parameters": int(parameter_counts[m]), "weight": weights[m]} for m in model_ids],
-        "prompts": prompts,
+        "prompts": list(prompts.requests),
+        "rating_preamble": prompts.preamble,
         "scoring_key": scoring_key,
         "scoring_seconds": sum(scoring_seconds.values()),
         "scoring_seconds_by_model": scoring_seconds,

@@ -102,7 +102,13 @@ class SelectiveSFTTrainer(SFTTrainer):
 
     def _check_selection_inputs(self, args: SelectiveSFTConfig, tokenizer) -> None:
         """Everything about the selection that can be wrong, checked before the model is loaded."""
-        load_prompts(args.selection_num_prompts, args.selection_score_max, args.selection_prompts, args.selection_prompts_file)
+        load_prompts(
+            args.selection_num_prompts,
+            args.selection_score_max,
+            args.selection_prompts,
+            args.selection_prompts_file,
+            args.selection_rating_preamble,
+        )
         score_token_ids(tokenizer, args.selection_score_max)
         check_keeps_rows(len(self.rating_samples), args)
 

@@ -2,8 +2,12 @@
 
 import pytest
 
+import numpy as np
+
 from selectit_trl.prompts import (
+    DEFAULT_RATING_PREAMBLE,
     DEFAULT_RATING_PROMPTS,
+    RatingPrompts,
     RatingSample,
     build_requests,
     load_prompts,
@@ -24,26 +28,35 @@ def test_prompt_first_is_the_released_layout_byte_for_byte():
 def test_prompt_file_lines_keep_their_newline(tmp_path):
     path = tmp_path / "prompts.txt"
     path.write_text("First prompt.\n\nSecond prompt.\nThird prompt.", encoding="utf-8")
-    assert load_prompts(3, 5, prompts_file=path) == ["First prompt.\n", "Second prompt.\n", "Third prompt."]
-    assert load_prompts(2, 5, prompts_file=path) == ["First prompt.\n", "Second prompt.\n"]
+    assert load_prompts(3, 5, prompts_file=path) == RatingPrompts(("First prompt.\n", "Second prompt.\n", "Third prompt."))
+    assert load_prompts(2, 5, prompts_file=path).requests == ("First prompt.\n", "Second prompt.\n")
 
 
 def test_the_file_takes_precedence_over_the_list(tmp_path):
     path = tmp_path / "p.txt"
     path.write_text("From the file\n", encoding="utf-8")
-    assert load_prompts(1, 5, prompts=["From the list"], prompts_file=path) == ["From the file\n"]
+    assert load_prompts(1, 5, prompts=["From the list"], prompts_file=path).requests == ("From the file\n",)
 
 
 def test_list_prompts_and_scale_substitution():
-    assert load_prompts(1, 7, prompts=["Rate 1 to {score_max}, {braces} kept"]) == ["Rate 1 to 7, {braces} kept"]
+    assert load_prompts(1, 7, prompts=["Rate 1 to {score_max}, {braces} kept"]) == RatingPrompts(("Rate 1 to 7, {braces} kept",))
 
 
 def test_default_set_is_large_and_distinct():
     assert len(DEFAULT_RATING_PROMPTS) >= 9
     assert len(set(DEFAULT_RATING_PROMPTS)) == len(DEFAULT_RATING_PROMPTS)
-    five = load_prompts(5, 5)
-    assert five == [p.replace("{score_max}", "5") for p in DEFAULT_RATING_PROMPTS[:5]]
-    assert all("5" in p for p in five)
+    five = load_prompts(5, 7)
+    assert five.requests == DEFAULT_RATING_PROMPTS[:5]
+    assert five.preamble == DEFAULT_RATING_PREAMBLE.replace("{score_max}", "7") and "1 (worst) to 7 (best)" in five.preamble
+    assert five.whole()[0] == five.preamble + " " + DEFAULT_RATING_PROMPTS[0]
+
+
+def test_preamble_defaults_only_with_the_default_prompts():
+    assert load_prompts(2, 5, preamble="").preamble == ""
+    assert load_prompts(1, 5, prompts=["Whole prompt, 1 to {score_max}."]).preamble == ""
+    own = load_prompts(1, 4, prompts=["Good?"], preamble="  Scale 1..{score_max}.\n")
+    assert own == RatingPrompts(("Good?",), "Scale 1..4.")
+    assert own.whole() == ["Scale 1..4. Good?"]
 
 
 def test_too_many_prompts_asked_for(tmp_path):
@@ -59,35 +72,60 @@ def test_too_many_prompts_asked_for(tmp_path):
 
 def test_prompt_first_tokens_are_a_plain_tokenizer_call(tokenizer):
     samples = [RatingSample("Add 2 and 3.", "5"), RatingSample("Name a colour.\nwarm", "Red")]
-    prompts = ["Rate it.\n", "Score it."]
+    prompts = RatingPrompts(("Rate it.\n", "Score it."))
     requests = build_requests(samples, prompts, tokenizer, layout="prompt_first")
-    for sample, per_sample in zip(samples, requests):
-        assert per_sample == [tokenizer(render_prompt_first(sample, p)).input_ids for p in prompts]
+    for sample, request in zip(samples, requests):
+        assert len(request.prefix) == 0
+        assert [s.tolist() for s in request.suffixes] == [tokenizer(render_prompt_first(sample, p)).input_ids for p in prompts.requests]
+
+
+def test_prompt_first_puts_the_preamble_on_each_prompt_line(tokenizer):
+    sample = RatingSample("Add 2 and 3.", "5")
+    request = build_requests([sample], RatingPrompts(("Good?",), "Scale 1-5."), tokenizer, layout="prompt_first")[0]
+    assert tokenizer.decode(request.sequence(0)) == render_prompt_first(sample, "Scale 1-5. Good?")
 
 
 def test_sample_first_requests_share_the_sample_prefix(tokenizer):
     sample = RatingSample("Add 2 and 3.", "2 and 3 make 5.")
     prompts = load_prompts(3, 5)
-    requests = build_requests([sample], prompts, tokenizer, layout="sample_first", use_chat_template=False)[0]
+    requests = build_requests([sample, sample], prompts, tokenizer, layout="sample_first", use_chat_template=False)
     prefix_text, suffixes = sample_first_texts(sample, prompts)
-    prefix = tokenizer(prefix_text).input_ids
-    assert all(r[: len(prefix)] == prefix for r in requests)
-    assert [r[len(prefix) :] for r in requests] == [tokenizer(s, add_special_tokens=False).input_ids for s in suffixes]
-    assert tokenizer.decode(requests[0]).endswith("\nRating: ")
+    assert prefix_text.startswith(prompts.preamble + "\n\nInstruction:\nAdd 2 and 3.")
+    assert requests[0].prefix.tolist() == tokenizer(prefix_text).input_ids
+    assert [s.tolist() for s in requests[0].suffixes] == [tokenizer(s, add_special_tokens=False).input_ids for s in suffixes]
+    # The suffixes do not depend on the sample: one set of arrays serves every sample.
+    assert all(a is b for a, b in zip(requests[0].suffixes, requests[1].suffixes))
+    assert tokenizer.decode(requests[0].sequence(2)).endswith("\n\nHow correct is it?\nRating: ")
 
 
 def test_sample_first_with_chat_template(tokenizer):
     sample = RatingSample("Add 2 and 3.", "5")
-    requests = build_requests([sample], ["Rate it 1 to 5."], tokenizer, layout="sample_first", use_chat_template=True)
-    text = tokenizer.decode(requests[0][0])
-    assert text.endswith("Rate it 1 to 5.\nRating:<|im_end|>\n<|im_start|>assistant\n")
-    assert "Instruction:\nAdd 2 and 3.\n\nResponse:\n5" in text
+    prompts = RatingPrompts(("Rate it 1 to 5.", "Good?"), "Rate the response.")
+    request = build_requests([sample], prompts, tokenizer, layout="sample_first", use_chat_template=True)[0]
+    prefix = tokenizer.decode(request.prefix)
+    assert prefix.startswith("<|im_start|>system\n") and prefix.endswith("Rate the response.\n\nInstruction:\nAdd 2 and 3.\n\nResponse:\n5")
+    assert tokenizer.decode(request.suffixes[1]) == "\n\nGood?<|im_end|>\n<|im_start|>assistant\n"
+    # Cut and joined, the request is the template's own rendering, token for token.
+    whole = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "Rate the response.\n\nInstruction:\nAdd 2 and 3.\n\nResponse:\n5\n\nGood?"}],
+        tokenize=False,
+        add_generation_prompt=True,
+    )
+    assert request.sequence(1).tolist() == tokenizer(whole, add_special_tokens=False).input_ids
+
+
+def test_default_requests_leave_a_dozen_tokens_per_prompt(tokenizer):
+    """The point of the default set: everything but ~12 tokens per prompt is shared (docs/performance.md)."""
+    sample = RatingSample("Add 2 and 3.", "5")
+    request = build_requests([sample], load_prompts(10, 5), tokenizer, layout="sample_first")[0]
+    lengths = [len(s) for s in request.suffixes]
+    assert max(lengths) <= 14 and np.mean(lengths) < 14
 
 
 def test_prompt_first_never_uses_the_chat_template(tokenizer):
     sample = RatingSample("Add 2 and 3.", "5")
-    requests = build_requests([sample], ["Rate it."], tokenizer, layout="prompt_first", use_chat_template=True)
-    assert "<|im_start|>" not in tokenizer.decode(requests[0][0])
+    requests = build_requests([sample], RatingPrompts(("Rate it.",)), tokenizer, layout="prompt_first", use_chat_template=True)
+    assert "<|im_start|>" not in tokenizer.decode(requests[0].sequence(0))
 
 
 def test_score_tokens_must_be_single_tokens(tokenizer):

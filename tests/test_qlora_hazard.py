@@ -63,7 +63,7 @@ def test_without_the_guard_the_gradients_do_change(tiny_llama, inputs, tokenizer
     unguarded = load_qlora(tiny_llama)
     unguarded.eval()
     with unguarded.disable_adapter(), torch.no_grad():
-        last_token_probs(unguarded, requests[0], score_token_ids(tokenizer, 5), tokenizer.pad_token_id)
+        last_token_probs(unguarded, [requests[0].sequence(0)], score_token_ids(tokenizer, 5), tokenizer.pad_token_id)
     after = lora_gradients(unguarded, batch)
     lost_or_changed = [n for n in reference if n not in after or not torch.equal(after[n], reference[n])]
     assert lost_or_changed

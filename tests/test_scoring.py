@@ -1,29 +1,50 @@
-"""The scorer on a tiny random Llama in fp32: padding, batching and last-position logits."""
+"""The scorer on tiny random models in fp32: padding, batching, prefix sharing and last-position logits.
+
+The reference throughout is the unbatched path: each request's whole token sequence alone in a forward pass.
+"""
+
+import logging
 
 import numpy as np
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
 
-from selectit_trl.prompts import RatingSample, build_requests, load_prompts, score_token_ids
-from selectit_trl.scoring import plan_batches, score_requests
+from selectit_trl import scoring
+from selectit_trl.prompts import RatingPrompts, RatingSample, build_requests, load_prompts, score_token_ids
+from selectit_trl.scoring import SampleRequests, last_token_probs, packed_width, plan_batches, score_requests
 
 
-@pytest.fixture(scope="module", params=["llama", "gpt2"])
+@pytest.fixture(scope="module", params=["llama-sdpa", "llama-eager", "gpt2"])
 def model(request, tiny_llama, tokenizer):
-    """Llama (rotary positions) and GPT-2 (absolute positions, which catch wrong position ids under padding)."""
-    if request.param == "llama":
-        return AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32).eval()
+    """Llama (rotary positions) with both mask-taking attentions, and GPT-2 (absolute positions, which catch
+    wrong position ids under padding and prefix sharing)."""
+    if request.param.startswith("llama"):
+        attention = request.param.split("-")[1]
+        return AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32, attn_implementation=attention).eval()
     torch.manual_seed(0)
     config = GPT2Config(vocab_size=len(tokenizer), n_embd=64, n_layer=2, n_head=4, n_positions=1024)
     return GPT2LMHeadModel(config).eval()
 
 
 @pytest.fixture(scope="module")
-def requests(tokenizer, demo_rows):
-    samples = [RatingSample(r["instruction"], r["output"]) for r in demo_rows[:8]]
-    # prompt_first, so the K rows of one sample also differ in length and get padded against each other
-    return build_requests(samples, load_prompts(3, 5), tokenizer, layout="prompt_first")
+def samples(demo_rows):
+    # Mixed lengths: demo rows of different sizes, and one tiny sample.
+    return [RatingSample(r["instruction"], r["output"]) for r in demo_rows[:7]] + [RatingSample("Hi", "Hello")]
+
+
+@pytest.fixture(scope="module", params=["sample_first", "sample_first_chat", "prompt_first"])
+def requests(request, samples, tokenizer):
+    # Prompts of different lengths, so suffix blocks and whole rows are padded against each other.
+    prompts = RatingPrompts(("Good?", "Rate how well the response follows the instruction.", "Correct?"), "Rate 1 to 5.")
+    layout = "prompt_first" if request.param == "prompt_first" else "sample_first"
+    return build_requests(samples, prompts, tokenizer, layout, use_chat_template=request.param.endswith("chat"))
+
+
+def unbatched(model, requests, ids, pad_id):
+    return np.array(
+        [[last_token_probs(model, [r.sequence(k)], ids, pad_id)[0] for k in range(len(r.suffixes))] for r in requests]
+    )
 
 
 def test_plan_batches_keeps_the_budget_and_every_item():
@@ -39,26 +60,48 @@ def test_an_item_over_budget_gets_its_own_batch():
     assert plan_batches([100, 2], max_batch_tokens=10) == [[0], [1]]
 
 
-def test_batch_of_one_equals_batch_of_eight(model, requests, tokenizer):
-    ids = score_token_ids(tokenizer, 5)
-    widest = max(len(s) for r in requests for s in r)
-    one = score_requests(model, requests, ids, tokenizer.pad_token_id, max_batch_tokens=1, progress=False)
-    eight = score_requests(model, requests, ids, tokenizer.pad_token_id, max_batch_tokens=8 * 3 * widest, progress=False)
-    assert len(plan_batches([widest] * 8, 8 * 3 * widest, rows_per_item=3)) == 1
-    assert np.abs(one - eight).max() < 1e-5
-    assert one.shape == (8, 3, 5)
+@pytest.mark.parametrize("share_prefix", [True, False])
+@pytest.mark.parametrize("budget", ["one", "many"])
+def test_batched_paths_equal_the_unbatched_path(model, requests, tokenizer, share_prefix, budget):
+    ids, pad = score_token_ids(tokenizer, 5), tokenizer.pad_token_id
+    max_tokens = 1 if budget == "one" else 10**6
+    got = score_requests(model, requests, ids, pad, max_batch_tokens=max_tokens, progress=False, share_prefix=share_prefix)
+    expected = unbatched(model, requests, ids, pad)
+    assert got.shape == (8, 3, 5)
+    assert np.abs(got - expected).max() < 1e-5
+
+
+def test_shared_prefix_batches_hold_every_sample_once(requests):
+    if not len(requests[0].prefix):
+        pytest.skip("prompt_first has no shared prefix")
+    widths = [packed_width(r) for r in requests]
+    assert widths[0] == len(requests[0].prefix) + sum(len(s) for s in requests[0].suffixes)
+    batches = plan_batches(widths, max_batch_tokens=3 * max(widths))
+    assert len(batches) == 3 and sorted(sum(batches, [])) == list(range(8))
 
 
 def test_probabilities_are_the_full_vocabulary_softmax_at_the_last_position(model, requests, tokenizer):
     ids = score_token_ids(tokenizer, 5)
     got = score_requests(model, requests[:2], ids, tokenizer.pad_token_id, progress=False)
-    for i, per_sample in enumerate(requests[:2]):
-        for k, seq in enumerate(per_sample):
+    for i, request in enumerate(requests[:2]):
+        for k in range(3):
             with torch.no_grad():
-                logits = model(torch.tensor([seq])).logits[0, -1].float()
+                logits = model(torch.tensor([request.sequence(k).tolist()])).logits[0, -1].float()
             expected = torch.softmax(logits, dim=-1)[ids].double().numpy()
-            assert np.abs(got[i, k] - expected).max() < 1e-6
+            assert np.abs(got[i, k] - expected).max() < 1e-5
     assert (got > 0).all() and (got.sum(-1) < 1).all()
+
+
+def test_prefix_sharing_that_disagrees_falls_back_to_whole_rows(model, tokenizer, samples, monkeypatch, caplog):
+    requests = build_requests(samples[:3], load_prompts(2, 5), tokenizer)
+    ids, pad = score_token_ids(tokenizer, 5), tokenizer.pad_token_id
+    expected = unbatched(model, requests, ids, pad)
+    # A model that ignored the block mask would give different numbers from whole rows; stand in for one.
+    monkeypatch.setattr(scoring, "shared_prefix_probs", lambda m, r, i, p: np.full((len(r), 2, 5), 0.5))
+    with caplog.at_level(logging.WARNING, logger="selectit_trl.scoring"):
+        got = score_requests(model, requests, ids, pad, progress=False)
+    assert "disagree" in caplog.text
+    assert np.abs(got - expected).max() < 1e-5
 
 
 def test_scoring_leaves_no_gradients(model, requests, tokenizer):
@@ -68,6 +111,11 @@ def test_scoring_leaves_no_gradients(model, requests, tokenizer):
 
 def test_a_sample_longer_than_the_context_is_refused_by_index(model, tokenizer):
     long_sample = RatingSample("Summarise.", "word " * 1500)
-    requests = build_requests([RatingSample("Hi", "Hello"), long_sample], ["Rate it."], tokenizer, layout="prompt_first")
+    requests = build_requests([RatingSample("Hi", "Hello"), long_sample], load_prompts(1, 5), tokenizer)
     with pytest.raises(ValueError, match="first at index 1, render to more than the 1024 positions"):
         score_requests(model, requests, score_token_ids(tokenizer, 5), tokenizer.pad_token_id, progress=False)
+
+
+def test_sample_requests_join_prefix_and_suffix():
+    request = SampleRequests(np.array([1, 2], dtype=np.int32), (np.array([3]), np.array([4, 5])))
+    assert request.sequence(1).tolist() == [1, 2, 4, 5]
