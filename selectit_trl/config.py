@@ -10,7 +10,6 @@ from trl import SFTConfig
 from .formats import FORMATS
 from .prompts import LAYOUTS
 from .reflection import NORMALIZATIONS
-from .scoring import DEFAULT_MAX_BATCH_TOKENS
 
 
 @dataclass
@@ -90,11 +89,12 @@ class SelectiveSFTConfig(SFTConfig):
         default=None,
         metadata={"help": "Explicit weights for [model being tuned, *peers], in that order. Default: parameter counts."},
     )
-    selection_max_batch_tokens: int = field(
-        default=DEFAULT_MAX_BATCH_TOKENS,
+    selection_max_batch_tokens: int | None = field(
+        default=None,
         metadata={
             "help": "Token budget of one scoring forward pass: padded rows x width, where a sample_first row holds "
-            "one sample's prefix and its K requests. Lower it if scoring runs out of memory."
+            "one sample's prefix and its K requests. Unset: 2048 on a CPU, 16384 on a GPU. Lower it if scoring runs out "
+            "of memory."
         },
     )
     selection_dataset_format: str | None = field(
@@ -118,7 +118,8 @@ class SelectiveSFTConfig(SFTConfig):
             (self.selection_alpha >= 0, "selection_alpha must be >= 0"),
             (self.selection_normalization in NORMALIZATIONS, f"selection_normalization must be one of {NORMALIZATIONS}"),
             (self.selection_prompt_layout in LAYOUTS, f"selection_prompt_layout must be one of {LAYOUTS}"),
-            (self.selection_max_batch_tokens >= 1, "selection_max_batch_tokens must be >= 1"),
+            (self.selection_max_batch_tokens is None or self.selection_max_batch_tokens >= 1,
+             "selection_max_batch_tokens must be >= 1"),
             (self.selection_dataset_format in (None, *FORMATS), f"selection_dataset_format must be one of {FORMATS}"),
         ]
         if self.selection_model_weights is not None:

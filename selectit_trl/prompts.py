@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from jinja2.exceptions import TemplateError
 
 from .scoring import SampleRequests
 
@@ -29,8 +30,8 @@ LAYOUTS = ("sample_first", "prompt_first")
 # different qualities (correctness, helpfulness, completeness, ...), which is where the K-prompt disagreement
 # that SelectIT measures comes from. "{score_max}" is replaced by S.
 DEFAULT_RATING_PREAMBLE = (
-    "Below are an instruction and a response written for it. After them comes one question about the response. "
-    "Answer it with a single whole number from 1 (worst) to {score_max} (best)."
+    "You rate responses to instructions. Answer the question after the response with one number from 1 (worst) "
+    "to {score_max} (best)."
 )
 DEFAULT_RATING_PROMPTS: tuple[str, ...] = (
     "How good is the response?",
@@ -140,6 +141,24 @@ def sample_first_texts(sample: RatingSample, prompts: RatingPrompts, chat: bool 
     return prefix, ["\n\n" + request.strip() + cue for request in prompts.requests]
 
 
+def _render_chat(tokenizer, preamble: str, user: str) -> str:
+    """One user turn, with the preamble as the system turn where the template takes one.
+
+    As the system turn, the preamble replaces the template's default system prompt (SmolLM's, Qwen's) rather
+    than adding to it, which keeps the shared prefix short; templates that refuse a system turn get the
+    preamble at the head of the user turn instead.
+    """
+    def render(messages):
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    if not preamble:
+        return render([{"role": "user", "content": user}])
+    try:
+        return render([{"role": "system", "content": preamble}, {"role": "user", "content": user}])
+    except TemplateError:
+        return render([{"role": "user", "content": preamble + "\n\n" + user}])
+
+
 def _chat_parts(sample: RatingSample, prompts: RatingPrompts, tokenizer, count: int | None = None) -> tuple[str, list[str]]:
     """`sample_first` through the chat template, cut where the sample ends: (shared prefix, suffixes).
 
@@ -147,13 +166,10 @@ def _chat_parts(sample: RatingSample, prompts: RatingPrompts, tokenizer, count: 
         count: render only the first `count` requests (the prefix needs one; the suffixes, which do not depend
             on the sample, are rendered once for the whole dataset).
     """
-    prefix, suffixes = sample_first_texts(sample, prompts, chat=True)
+    body, suffixes = sample_first_texts(sample, RatingPrompts(prompts.requests), chat=True)
     heads, tails = [], []
     for suffix in suffixes[:count]:
-        text = tokenizer.apply_chat_template(
-            [{"role": "user", "content": prefix + _SPLIT_MARK + suffix}], tokenize=False, add_generation_prompt=True
-        )
-        pieces = text.split(_SPLIT_MARK)
+        pieces = _render_chat(tokenizer, prompts.preamble, body + _SPLIT_MARK + suffix).split(_SPLIT_MARK)
         if len(pieces) != 2:
             raise ValueError("The tokenizer's chat template alters the message text; set selection_use_chat_template=false.")
         heads.append(pieces[0])

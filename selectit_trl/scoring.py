@@ -29,7 +29,14 @@ from tqdm.auto import tqdm
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MAX_BATCH_TOKENS = 8192
+# Token budget of one forward pass when none is set, by device type. On a CPU, small batches are fastest: their
+# activations stay in cache, and a forward pass over a few hundred tokens already keeps the cores busy (a sweep
+# of 512-16384 in docs/performance.md). A GPU needs large batches to be busy.
+DEFAULT_MAX_BATCH_TOKENS = {"cpu": 2048, "cuda": 16384}
+
+
+def default_max_batch_tokens(model) -> int:
+    return DEFAULT_MAX_BATCH_TOKENS.get(_input_device(model).type, DEFAULT_MAX_BATCH_TOKENS["cuda"])
 
 # Attention implementations that take an arbitrary 4D mask; flash-attention kernels only know padding.
 _MASKABLE_ATTENTION = ("sdpa", "eager")
@@ -185,13 +192,13 @@ def can_share_prefixes(model) -> bool:
 
 
 def _prefix_sharing_agrees(model, request: SampleRequests, token_ids, pad_id) -> tuple[bool, float]:
-    """Compare prefix sharing with whole rows on one sample before trusting it for a whole dataset.
+    """Compare prefix sharing with whole (padded) rows on one sample before trusting it for a whole dataset.
 
     A model whose code ignores a custom attention mask would otherwise give wrong scores without an error.
     Low-precision kernels differ from each other by rounding, so the tolerance follows the weights' dtype.
     """
     shared = shared_prefix_probs(model, [request], token_ids, pad_id)[0]
-    whole = np.stack([last_token_probs(model, [request.sequence(k)], token_ids, pad_id)[0] for k in range(len(request.suffixes))])
+    whole = last_token_probs(model, [request.sequence(k) for k in range(len(request.suffixes))], token_ids, pad_id)
     difference = float(np.abs(shared - whole).max())
     full_precision = getattr(model, "dtype", None) == torch.float32 and getattr(model.config, "quantization_config", None) is None
     return difference <= (1e-3 if full_precision else 5e-2), difference
@@ -202,7 +209,7 @@ def iter_score_batches(
     requests: Sequence[SampleRequests],
     token_ids: Sequence[int],
     pad_id: int,
-    max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
+    max_batch_tokens: int | None = None,
     progress: bool = True,
     desc: str = "Scoring",
     share_prefix: bool = True,
@@ -211,10 +218,11 @@ def iter_score_batches(
 
     Args:
         requests: for each sample, its prefix and K suffixes. A sample's K requests always share a batch.
-        max_batch_tokens: budget for one forward pass, counted as padded rows x width.
+        max_batch_tokens: budget for one forward pass, counted as padded rows x width; by default
+            `DEFAULT_MAX_BATCH_TOKENS` for the model's device.
         share_prefix: compute each sample's prefix once for its K suffixes. Used when the samples have
-            prefixes and the model's attention takes a custom mask; checked against whole rows on the first
-            sample, and turned off with a warning if the two disagree.
+            prefixes and the model's attention takes a custom mask; checked against whole rows on one sample
+            first, and turned off with a warning if the two disagree.
     """
     if not requests:
         return
@@ -227,9 +235,12 @@ def iter_score_batches(
             f"{len(too_long)} sample(s), the first at index {too_long[0]}, render to more than the {limit} positions "
             "this model can attend to. Shorten or drop those rows before selection."
         )
+    max_batch_tokens = max_batch_tokens or default_max_batch_tokens(model)
     shared = share_prefix and any(len(r.prefix) for r in requests) and can_share_prefixes(model)
     if shared:
-        agrees, difference = _prefix_sharing_agrees(model, requests[0], token_ids, pad_id)
+        # On the shortest sample, which costs least to run twice.
+        shortest = min(range(len(requests)), key=lambda i: packed_width(requests[i]))
+        agrees, difference = _prefix_sharing_agrees(model, requests[shortest], token_ids, pad_id)
         if not agrees:
             logger.warning(
                 "Prefix sharing and whole rows disagree by %.3g on the first sample with this model; scoring with "
