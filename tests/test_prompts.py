@@ -103,11 +103,17 @@ def test_sample_first_with_chat_template(tokenizer):
     prompts = RatingPrompts(("Rate it 1 to 5.", "Good?"), "Rate the response.")
     request = build_requests([sample], prompts, tokenizer, layout="sample_first", use_chat_template=True)[0]
     prefix = tokenizer.decode(request.prefix)
-    assert prefix.startswith("<|im_start|>system\n") and prefix.endswith("Rate the response.\n\nInstruction:\nAdd 2 and 3.\n\nResponse:\n5")
+    # The preamble is the system turn, in place of the template's default system prompt.
+    assert prefix == (
+        "<|im_start|>system\nRate the response.<|im_end|>\n<|im_start|>user\nInstruction:\nAdd 2 and 3.\n\nResponse:\n5"
+    )
     assert tokenizer.decode(request.suffixes[1]) == "\n\nGood?<|im_end|>\n<|im_start|>assistant\n"
     # Cut and joined, the request is the template's own rendering, token for token.
     whole = tokenizer.apply_chat_template(
-        [{"role": "user", "content": "Rate the response.\n\nInstruction:\nAdd 2 and 3.\n\nResponse:\n5\n\nGood?"}],
+        [
+            {"role": "system", "content": "Rate the response."},
+            {"role": "user", "content": "Instruction:\nAdd 2 and 3.\n\nResponse:\n5\n\nGood?"},
+        ],
         tokenize=False,
         add_generation_prompt=True,
     )
