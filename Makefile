@@ -14,7 +14,7 @@ PYTEST_ARGS ?= -q
 # of torch is the CUDA build.
 TORCH_INDEX_URL ?=
 
-.PHONY: install demo test clean
+.PHONY: install demo test bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,11 @@ test: $(VENV)/.installed-test
 	@$(RUN_ENV) $(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ] && [ -n "$(ALLOW_NO_TESTS)" ]; then echo "pytest collected no tests"; rc=0; fi; \
 	exit $$rc
+
+# Scoring throughput against the released procedure (docs/performance.md); needs ../shared/data or
+# $$SELECTIT_TRL_DATA, and about an hour on a 2-core CPU.
+bench: $(VENV)/.installed
+	$(RUN_ENV) $(PY) benchmarks/bench_scoring.py
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache

@@ -209,6 +209,14 @@ def spearman(x: np.ndarray, y: np.ndarray) -> float:
     return float(np.corrcoef(rx, ry)[0, 1])
 
 
+def kept_overlap(x: np.ndarray, y: np.ndarray, ratio: float = 0.2) -> float:
+    """Share of the rows kept under one set of scores that the other keeps too (the default ratio)."""
+    from selectit_trl import reflection
+
+    a, b = (set(reflection.select(s, ratio, None).tolist()) for s in (x, y))
+    return len(a & b) / len(a)
+
+
 def selectit_scores(probs: np.ndarray) -> np.ndarray:
     from selectit_trl import reflection
 
@@ -335,7 +343,9 @@ def main() -> None:
     for low in ("default", "sf-bf16"):
         if low in saved and "sf" in saved:
             comparisons[f"{low}_vs_fp32_max_difference"] = float(np.abs(saved[low] - saved["sf"]).max())
-            comparisons[f"{low}_vs_fp32_spearman"] = spearman(selectit_scores(saved[low]), selectit_scores(saved["sf"]))
+            low_scores, fp32_scores = selectit_scores(saved[low]), selectit_scores(saved["sf"])
+            comparisons[f"{low}_vs_fp32_spearman"] = spearman(low_scores, fp32_scores)
+            comparisons[f"{low}_vs_fp32_kept_overlap"] = kept_overlap(low_scores, fp32_scores)
     memory = {}
     if args.memory_rows:
         # Memory as N grows: the default configuration on 200 rows and on `memory_rows` rows of a larger subset.

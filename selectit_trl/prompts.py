@@ -187,6 +187,9 @@ def _leading_special_ids(tokenizer) -> list[int]:
     return []
 
 
+_TOKENIZE_CHUNK = 1024  # texts per tokenizer call
+
+
 def _token_arrays(tokenizer, texts: Sequence[str], add_special_tokens: bool = False) -> list[np.ndarray]:
     """Token ids as compact int32 arrays, tokenised in chunks: Python lists of ints would cost ~9x the memory."""
     out: list[np.ndarray] = []
@@ -194,9 +197,6 @@ def _token_arrays(tokenizer, texts: Sequence[str], add_special_tokens: bool = Fa
         chunk = tokenizer(list(texts[start : start + _TOKENIZE_CHUNK]), add_special_tokens=add_special_tokens)["input_ids"]
         out.extend(np.asarray(ids, dtype=np.int32) for ids in chunk)
     return out
-
-
-_TOKENIZE_CHUNK = 1024
 
 
 def build_requests(

@@ -236,7 +236,14 @@ def iter_score_batches(
             "this model can attend to. Shorten or drop those rows before selection."
         )
     max_batch_tokens = max_batch_tokens or default_max_batch_tokens(model)
-    shared = share_prefix and any(len(r.prefix) for r in requests) and can_share_prefixes(model)
+    shared = share_prefix and any(len(r.prefix) for r in requests)
+    if shared and not can_share_prefixes(model):
+        logger.info(
+            "Attention implementation %r takes no custom mask: scoring whole rows without prefix sharing. "
+            "Load the model with attn_implementation='sdpa' to share prefixes.",
+            model.config._attn_implementation,
+        )
+        shared = False
     if shared:
         # On the shortest sample, which costs least to run twice.
         shortest = min(range(len(requests)), key=lambda i: packed_width(requests[i]))

@@ -148,3 +148,18 @@ def test_where_the_rating_digit_is_its_own_token(tokenizer):
     assert rating_token_follows(tokenizer, "sample_first", False, one)
     # The released layout ends in " \n", which this tokenizer writes as one token that a digit never follows.
     assert not rating_token_follows(tokenizer, "prompt_first", False, one)
+
+
+def test_a_template_without_a_system_turn_gets_the_preamble_in_the_user_turn(tokenizer):
+    import copy
+
+    strict = copy.deepcopy(tokenizer)
+    strict.chat_template = (
+        "{% for m in messages %}{% if m['role'] == 'system' %}{{ raise_exception('no system turn') }}{% endif %}"
+        "<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
+    request = build_requests([RatingSample("Add 2 and 3.", "5")], RatingPrompts(("Good?",), "Rate it."), strict)[0]
+    assert strict.decode(request.sequence(0)) == (
+        "<|im_start|>user\nRate it.\n\nInstruction:\nAdd 2 and 3.\n\nResponse:\n5\n\nGood?<|im_end|>\n<|im_start|>assistant\n"
+    )
