@@ -124,25 +124,36 @@ def released_probs(model, tokenizer, samples, lines, token_ids) -> tuple[np.ndar
 
 def processed_tokens(requests, shared: bool) -> int:
     """Real tokens a path runs through the model (padding not counted)."""
+    from selectit_trl.scoring import packed_width
+
     if shared:
-        return sum(len(r.prefix) + sum(len(s) for s in r.suffixes) for r in requests)
+        return sum(packed_width(r) for r in requests)
     return sum(len(r.prefix) + len(s) for r in requests for s in r.suffixes)
 
 
-def run_config(name: str, data: Path, rows: int, repeats: int, reference_rows: int, budget: int | None, save: Path | None) -> dict:
-    """One configuration in this process: warm up, time `repeats` runs, then compare with the unbatched path."""
+def setup(name: str, data: Path, rows: int):
+    """Samples, tokenizer, prompts and model of one configuration, loaded as the timed runs use them."""
     from transformers import AutoTokenizer
 
-    from selectit_trl.models import embedded_model_path, scoring_mode
-    from selectit_trl.prompts import build_requests, load_prompts, score_token_ids
-    from selectit_trl.scoring import can_share_prefixes, default_max_batch_tokens, last_token_probs, score_requests
+    from selectit_trl.models import embedded_model_path
+    from selectit_trl.prompts import load_prompts
 
     layout, prompt_set, precision, engine = CONFIGS[name]
     samples = load_samples(data, rows)
     tokenizer = AutoTokenizer.from_pretrained(embedded_model_path())
     prompts = load_prompts(K, 5, prompts_file=WHOLE_PROMPTS if prompt_set == "whole" else None)
+    return samples, tokenizer, prompts, load_model(precision)
+
+
+def run_config(name: str, data: Path, rows: int, repeats: int, reference_rows: int, budget: int | None, save: Path | None) -> dict:
+    """One configuration in this process: warm up, time `repeats` runs, then compare with the unbatched path."""
+    from selectit_trl.models import scoring_mode
+    from selectit_trl.prompts import build_requests, score_token_ids
+    from selectit_trl.scoring import can_share_prefixes, default_max_batch_tokens, last_token_probs, score_requests
+
+    layout, prompt_set, precision, engine = CONFIGS[name]
+    samples, tokenizer, prompts, model = setup(name, data, rows)
     token_ids, pad = score_token_ids(tokenizer, 5), tokenizer.pad_token_id
-    model = load_model(precision)
 
     def once(subset):
         if engine == "released":
@@ -224,15 +235,15 @@ def selectit_scores(probs: np.ndarray) -> np.ndarray:
     return reflection.sentence_scores(token, 0.2)
 
 
-def child(name: str, args, rows: int, data: Path, reference_rows: int, tag: str) -> dict:
+def child(name: str, rows: int, repeats: int, budget: int | None, data: Path, reference_rows: int, tag: str) -> dict:
     """Run one configuration in a fresh interpreter and read back its result."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"{tag}.json"
     command = [sys.executable, __file__, "--child", name, "--rows", str(rows), "--data", str(data),
-               "--repeats", str(args.repeats), "--reference-rows", str(reference_rows),
+               "--repeats", str(repeats), "--reference-rows", str(reference_rows),
                "--save", str(RESULTS / f"{tag}.npy"), "--out", str(out)]
-    if args.budget:
-        command += ["--budget", str(args.budget)]
+    if budget:
+        command += ["--budget", str(budget)]
     subprocess.run(command, check=True)
     return json.loads(out.read_text())
 
@@ -269,17 +280,13 @@ def table(results: dict, peaks: dict, parameters: int) -> str:
 def profile(name: str, data: Path, rows: int, budget: int | None) -> None:
     """Per-operator CPU time of one scoring run of `name`."""
     from torch.profiler import ProfilerActivity, profile as torch_profile
-    from transformers import AutoTokenizer
 
-    from selectit_trl.models import embedded_model_path, scoring_mode
-    from selectit_trl.prompts import build_requests, load_prompts, score_token_ids
+    from selectit_trl.models import scoring_mode
+    from selectit_trl.prompts import build_requests, score_token_ids
     from selectit_trl.scoring import score_requests
 
-    layout, prompt_set, precision, _ = CONFIGS[name]
-    samples = load_samples(data, rows)
-    tokenizer = AutoTokenizer.from_pretrained(embedded_model_path())
-    prompts = load_prompts(K, 5, prompts_file=WHOLE_PROMPTS if prompt_set == "whole" else None)
-    model = load_model(precision)
+    layout = CONFIGS[name][0]
+    samples, tokenizer, prompts, model = setup(name, data, rows)
     with scoring_mode(model):
         requests = build_requests(samples, prompts, tokenizer, layout)
         score_requests(model, requests[:4], score_token_ids(tokenizer, 5), tokenizer.pad_token_id, progress=False)
@@ -331,7 +338,7 @@ def main() -> None:
         # (a) is itself the unbatched prompt_first fp32 path (one whole sequence per pass), so (a) and (b) are
         # compared with each other below instead of running it a second time.
         reference_rows = 0 if name in ("released", "pf") else args.reference_rows
-        results[name] = child(name, args, args.rows, alpaca, reference_rows, name)
+        results[name] = child(name, args.rows, args.repeats, args.budget, alpaca, reference_rows, name)
         r = results[name]
         print(f"{name}: median {r['median_seconds']:.1f} s over {r['repeats']}, {r['tokens']} tokens, "
               f"peak RSS {r['peak_rss_mib']:.0f} MiB, diff {r['max_difference_from_unbatched']}", flush=True)
@@ -351,9 +358,7 @@ def main() -> None:
         # Memory as N grows: the default configuration on 200 rows and on `memory_rows` rows of a larger subset.
         larger = data_dir() / "alpaca_subsets" / "cherry_alpaca_5_percent.json"
         for rows in (args.rows, args.memory_rows):
-            saved_repeats, args.repeats = args.repeats, 1
-            r = child("default", args, rows, larger, 0, f"memory-{rows}")
-            args.repeats = saved_repeats
+            r = child("default", rows, 1, args.budget, larger, 0, f"memory-{rows}")
             memory[rows] = {"peak_rss_mib": r["peak_rss_mib"], "rss_before_mib": r["rss_before_mib"], "seconds": r["median_seconds"]}
             print(f"memory check, {rows} rows: peak RSS {r['peak_rss_mib']:.0f} MiB in {r['median_seconds']:.0f} s", flush=True)
     report = {"peaks_gflops": peaks, "threads": torch.get_num_threads(), "parameters": parameters,

@@ -38,6 +38,7 @@ DEFAULT_MAX_BATCH_TOKENS = {"cpu": 2048, "cuda": 16384}
 def default_max_batch_tokens(model) -> int:
     return DEFAULT_MAX_BATCH_TOKENS.get(_input_device(model).type, DEFAULT_MAX_BATCH_TOKENS["cuda"])
 
+
 # Attention implementations that take an arbitrary 4D mask; flash-attention kernels only know padding.
 _MASKABLE_ATTENTION = ("sdpa", "eager")
 

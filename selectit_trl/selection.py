@@ -194,9 +194,9 @@ def run_selection(
         )
         return requests, token_ids
 
-    # What each model will see, and so what its probabilities depend on. The token lists are dropped once hashed
-    # and rebuilt for the models that must score: holding every model's lists at once would cost gigabytes on a
-    # 50k-row dataset, while tokenizing again takes seconds next to hours of scoring.
+    # What each model will see, and so what its probabilities depend on. The token arrays are dropped once hashed
+    # and rebuilt for the models that must score: with prompt_first they hold K whole requests per sample (about
+    # 200 MB per model on a 50k-row dataset), while tokenizing again takes seconds next to hours of scoring.
     model_keys = []
     for rater in raters:
         requests, token_ids = requests_of(rater)
