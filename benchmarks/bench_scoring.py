@@ -20,6 +20,12 @@ the same layout and dtype.
     python benchmarks/bench_scoring.py --profile sf       # where the time goes, per operator
     python benchmarks/bench_scoring.py --sweep sf-bf16 --rows 100   # samples/s at each token budget
     python benchmarks/bench_scoring.py --memory-only      # memory as N grows
+    python benchmarks/bench_scoring.py --device cuda --random-model llama-1b --memory-rows 0   # on a GPU
+
+`--random-model` scores with a Llama-architecture model of random weights built from a configuration (the
+embedded model's tokenizer and vocabulary), so that a GPU can be measured at a realistic size without
+downloading weights. Throughput does not depend on the weights' values; the probabilities themselves mean
+nothing, but their agreement between paths does.
 
 Data comes from $SELECTIT_TRL_DATA, else ../shared/data. Results: benchmarks/results/scoring.json and a
 Markdown table on stdout.
@@ -75,19 +81,57 @@ def load_samples(path: Path, rows: int):
     return rating_samples(Dataset.from_list(records), None)
 
 
-def load_model(precision: str):
+# Llama-architecture shapes for --random-model, all with the embedded tokenizer's 49,152-token vocabulary.
+# llama-1b follows Llama-3.2-1B (hidden 2048, 16 layers, GQA with 8 KV heads, MLP 8192, tied embeddings): 1.07B
+# parameters. llama2-7b is LLaMA-2-7B's shape, as in the 7B recipes (6.88B with this vocabulary). llama-tiny is
+# for trying the scripts out on a CPU in seconds.
+RANDOM_MODELS = {
+    "llama-1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
+                     num_key_value_heads=8, tie_word_embeddings=True),
+    "llama2-7b": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
+                      num_key_value_heads=32, tie_word_embeddings=False),
+    "llama-tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                       num_key_value_heads=2, tie_word_embeddings=True),
+}
+
+
+def build_random_model(name: str, tokenizer_path: str, out: Path | None = None) -> Path:
+    """Save a random-weight Llama of the named shape (bf16, with the tokenizer) once, so every configuration loads
+    the same weights through from_pretrained, 4-bit quantisation included. Built on the GPU when there is one."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
+
+    out = out or RESULTS / f"random-{name}"
+    if (out / "config.json").is_file():
+        return out
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
+    config = LlamaConfig(vocab_size=len(tokenizer), max_position_embeddings=4096,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id, **RANDOM_MODELS[name])
+    torch.manual_seed(0)
+    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    del model
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return out
+
+
+def load_model(precision: str, model_path: str, device: str):
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-    from selectit_trl.models import embedded_model_path
-
-    path = embedded_model_path()
+    placement = {"device_map": {"": device}} if device != "cpu" else {}
     if precision == "4bit":
         quantization = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16
         )
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16, quantization_config=quantization)
+        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.bfloat16, quantization_config=quantization,
+                                                     **placement)
     else:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32 if precision == "fp32" else torch.bfloat16)
+        model = AutoModelForCausalLM.from_pretrained(
+            model_path, dtype=torch.float32 if precision == "fp32" else torch.bfloat16, **placement
+        )
     return model.eval()
 
 
@@ -127,9 +171,9 @@ def released_probs(model, tokenizer, samples, lines, token_ids) -> tuple[np.ndar
     tokens = 0
     for i, sample in enumerate(samples):
         for k, line in enumerate(lines):
-            ids = tokenizer(render_prompt_first(sample, line), return_tensors="pt").input_ids
+            ids = tokenizer(render_prompt_first(sample, line), return_tensors="pt").input_ids.to(model.device)
             logits = model(input_ids=ids, logits_to_keep=0).logits
-            out[i, k] = torch.softmax(logits[0, -1].float(), dim=-1)[token_ids].double().numpy()
+            out[i, k] = torch.softmax(logits[0, -1].float(), dim=-1)[token_ids].double().cpu().numpy()
             tokens += ids.shape[1]
     return out, tokens
 
@@ -143,21 +187,21 @@ def processed_tokens(requests, shared: bool) -> int:
     return sum(len(r.prefix) + len(s) for r in requests for s in r.suffixes)
 
 
-def setup(name: str, data: Path, rows: int):
+def setup(name: str, data: Path, rows: int, model_path: str, device: str):
     """Samples, tokenizer, prompts and model of one configuration, loaded as the timed runs use them."""
     from transformers import AutoTokenizer
 
-    from selectit_trl.models import embedded_model_path
     from selectit_trl.prompts import load_prompts
 
     layout, prompt_set, precision, engine = CONFIGS[name]
     samples = load_samples(data, rows)
-    tokenizer = AutoTokenizer.from_pretrained(embedded_model_path())
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
     prompts = load_prompts(K, 5, prompts_file=WHOLE_PROMPTS if prompt_set == "whole" else None)
-    return samples, tokenizer, prompts, load_model(precision)
+    return samples, tokenizer, prompts, load_model(precision, model_path, device)
 
 
-def run_config(name: str, data: Path, rows: int, repeats: int, reference_rows: int, budget: int | None, save: Path | None) -> dict:
+def run_config(name: str, data: Path, rows: int, repeats: int, reference_rows: int, budget: int | None, save: Path | None,
+               model_path: str, device: str) -> dict:
     """One configuration in this process: warm up, time `repeats` runs, then compare with the unbatched path."""
     from selectit_trl.models import scoring_mode
     from selectit_trl.prompts import build_requests, score_token_ids
@@ -169,8 +213,9 @@ def run_config(name: str, data: Path, rows: int, repeats: int, reference_rows: i
     )
 
     layout, prompt_set, precision, engine = CONFIGS[name]
-    samples, tokenizer, prompts, model = setup(name, data, rows)
+    samples, tokenizer, prompts, model = setup(name, data, rows, model_path, device)
     token_ids, pad = score_token_ids(tokenizer, 5), tokenizer.pad_token_id
+    on_gpu = device.startswith("cuda")
 
     def once(subset):
         if engine == "released":
@@ -185,12 +230,15 @@ def run_config(name: str, data: Path, rows: int, repeats: int, reference_rows: i
         _return_freed_memory()
         rss_before = _status_kib("VmRSS")
         peak_reset = reset_peak_rss()
+        if on_gpu:
+            torch.cuda.reset_peak_memory_stats()
         times = []
         for _ in range(repeats):
             started = time.perf_counter()
             probs, tokens = once(samples)
             times.append(time.perf_counter() - started)
         peak = _status_kib("VmHWM")
+        gpu_peak = torch.cuda.max_memory_allocated() / 2**20 if on_gpu else None
         reference_difference = None
         if reference_rows:
             # Our unbatched path for the same layout and dtype: each whole sequence alone.
@@ -214,21 +262,27 @@ def run_config(name: str, data: Path, rows: int, repeats: int, reference_rows: i
         "rss_before_mib": rss_before / 1024,
         "peak_rss_mib": peak / 1024,
         "peak_covers": "scoring only" if peak_reset else "whole process",
+        "peak_gpu_mib": gpu_peak,
+        "device": torch.cuda.get_device_name() if on_gpu else "cpu",
         "max_difference_from_unbatched": reference_difference,
         "reference_rows": reference_rows,
         "budget": budget or default_max_batch_tokens(model),
     }
 
 
-def matmul_peak(dtype: torch.dtype, size: int = 2048, repeats: int = 7) -> float:
-    """Median GFLOP/s of a square matmul: the most this CPU gives a dense product of this dtype."""
-    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+def matmul_peak(dtype: torch.dtype, device: str = "cpu", repeats: int = 7) -> float:
+    """Median GFLOP/s of a square matmul: the most this device gives a dense product of this dtype."""
+    size = 2048 if device == "cpu" else 8192
+    a, b = (torch.randn(size, size, dtype=dtype, device=device) for _ in range(2))
+    synchronize = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     for _ in range(2):
         a @ b
     rates = []
     for _ in range(repeats):
+        synchronize()
         started = time.perf_counter()
         a @ b
+        synchronize()
         rates.append(2 * size**3 / (time.perf_counter() - started) / 1e9)
     return statistics.median(rates)
 
@@ -253,13 +307,14 @@ def selectit_scores(probs: np.ndarray) -> np.ndarray:
     return reflection.sentence_scores(token, 0.2)
 
 
-def child(name: str, rows: int, repeats: int, budget: int | None, data: Path, reference_rows: int, tag: str) -> dict:
+def child(name: str, rows: int, repeats: int, budget: int | None, data: Path, reference_rows: int, tag: str,
+          model_path: str, device: str) -> dict:
     """Run one configuration in a fresh interpreter and read back its result."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"{tag}.json"
     command = [sys.executable, __file__, "--child", name, "--rows", str(rows), "--data", str(data),
                "--repeats", str(repeats), "--reference-rows", str(reference_rows),
-               "--save", str(RESULTS / f"{tag}.npy"), "--out", str(out)]
+               "--save", str(RESULTS / f"{tag}.npy"), "--out", str(out), "--model-path", model_path, "--device", device]
     if budget:
         command += ["--budget", str(budget)]
     subprocess.run(command, check=True)
@@ -271,8 +326,8 @@ def table(results: dict, peaks: dict, parameters: int) -> str:
     base_rate = base["rows"] / base["median_seconds"]
     last_position_gain = (results["pf"]["rows"] / results["pf"]["median_seconds"]) / base_rate if "pf" in results else None
     lines = [
-        "| config | layout | prompts | dtype | samples/s | tokens/s | × (a) | token bound | bound | share of bound | peak RSS (MiB) | MFU | max diff vs unbatched |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| config | layout | prompts | dtype | samples/s | tokens/s | × (a) | token bound | bound | share of bound | peak RSS (MiB) | peak GPU (MiB) | MFU | max diff vs unbatched |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in results.items():
         if name.startswith("memory"):
@@ -289,13 +344,14 @@ def table(results: dict, peaks: dict, parameters: int) -> str:
             diff = float(np.abs(np.load(RESULTS / "pf.npy") - np.load(RESULTS / "released.npy")).max())
         lines.append(
             f"| {name} | {r['layout']} | {r['prompts']} | {r['precision']} | {rate:.2f} | {r['tokens'] / r['median_seconds']:.0f} "
-            f"| {speedup:.2f} | {token_bound:.2f} | {bound:.2f} | {speedup / bound:.0%} | {r['peak_rss_mib']:.0f} | {mfu:.0%} "
+            f"| {speedup:.2f} | {token_bound:.2f} | {bound:.2f} | {speedup / bound:.0%} | {r['peak_rss_mib']:.0f} "
+            f"| {'—' if r.get('peak_gpu_mib') is None else format(r['peak_gpu_mib'], '.0f')} | {mfu:.0%} "
             f"| {'—' if diff is None else f'{diff:.1e}'} |"
         )
     return "\n".join(lines)
 
 
-def profile(name: str, data: Path, rows: int, budget: int | None) -> None:
+def profile(name: str, data: Path, rows: int, budget: int | None, model_path: str, device: str) -> None:
     """Per-operator CPU time of one scoring run of `name`."""
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
@@ -305,22 +361,24 @@ def profile(name: str, data: Path, rows: int, budget: int | None) -> None:
     from selectit_trl.scoring import score_requests
 
     layout = CONFIGS[name][0]
-    samples, tokenizer, prompts, model = setup(name, data, rows)
+    samples, tokenizer, prompts, model = setup(name, data, rows, model_path, device)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.startswith("cuda") else [])
     with scoring_mode(model):
         requests = build_requests(samples, prompts, tokenizer, layout)
         score_requests(model, requests[:4], score_token_ids(tokenizer, 5), tokenizer.pad_token_id, progress=False)
-        with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+        with torch_profile(activities=activities) as prof:
             requests = build_requests(samples, prompts, tokenizer, layout)
             score_requests(model, requests, score_token_ids(tokenizer, 5), tokenizer.pad_token_id,
                            max_batch_tokens=budget, progress=False)
-    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
+    sort = "self_cuda_time_total" if device.startswith("cuda") else "self_cpu_time_total"
+    print(prof.key_averages().table(sort_by=sort, row_limit=15))
 
 
-def sweep(name: str, data: Path, rows: int, budgets: list[int]) -> None:
+def sweep(name: str, data: Path, rows: int, budgets: list[int], model_path: str, device: str) -> None:
     """Samples/s of one configuration at each token budget, to choose a device's default budget."""
     rates = {}
     for budget in budgets:
-        r = child(name, rows, 1, budget, data, 0, f"sweep-{name}-{budget}")
+        r = child(name, rows, 1, budget, data, 0, f"sweep-{name}-{budget}", model_path, device)
         rates[budget] = r["rows"] / r["median_seconds"]
         print(f"{name}, budget {budget}: {rates[budget]:.2f} samples/s, peak RSS {r['peak_rss_mib']:.0f} MiB", flush=True)
     (RESULTS / f"sweep-{name}.json").write_text(json.dumps({"rows": rows, "samples_per_second": rates}, indent=2))
@@ -345,7 +403,12 @@ def main() -> None:
     parser.add_argument("--sweep", choices=[c for c in CONFIGS if c != "released"],
                         help="time one configuration at each of --budgets (one repeat each, fresh processes)")
     parser.add_argument("--budgets", type=int, nargs="+", default=[512, 1024, 2048, 4096, 8192, 16384])
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda / cuda:N (default: cpu)")
+    parser.add_argument("--random-model", choices=list(RANDOM_MODELS),
+                        help="score with a random-weight Llama of this shape instead of the embedded model")
+    parser.add_argument("--tokenizer", help="tokenizer for --random-model (default: the embedded model's)")
     parser.add_argument("--child", choices=list(CONFIGS), help=argparse.SUPPRESS)
+    parser.add_argument("--model-path", help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
     parser.add_argument("--save", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
@@ -353,25 +416,33 @@ def main() -> None:
     alpaca = data_dir() / "alpaca_subsets" / "llamafactory_alpaca_en_demo.json"
     if args.child:
         result = run_config(args.child, Path(args.data), args.rows, args.repeats, args.reference_rows, args.budget,
-                            Path(args.save) if args.save else None)
+                            Path(args.save) if args.save else None, args.model_path, args.device)
         Path(args.out).write_text(json.dumps(result, indent=2))
         return
     if not alpaca.is_file():
         raise SystemExit(f"{alpaca} not found: set SELECTIT_TRL_DATA to the shared data folder.")
-    if args.profile:
-        profile(args.profile, alpaca, args.rows, args.budget)
-        return
-    if args.sweep:
-        sweep(args.sweep, alpaca, args.rows, args.budgets)
-        return
 
     from transformers import AutoConfig
 
-    from selectit_trl.models import embedded_model_path, parameter_count
+    from selectit_trl.models import parameter_count
 
-    parameters = parameter_count(AutoConfig.from_pretrained(embedded_model_path()))
-    peaks = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
-    print(f"matmul peak: fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s; {torch.get_num_threads()} threads", flush=True)
+    if args.random_model:
+        model_path = str(build_random_model(args.random_model, args.tokenizer or _embedded()))
+    else:
+        model_path = _embedded()
+    device = args.device
+    if args.profile:
+        profile(args.profile, alpaca, args.rows, args.budget, model_path, device)
+        return
+    if args.sweep:
+        sweep(args.sweep, alpaca, args.rows, args.budgets, model_path, device)
+        return
+
+    parameters = parameter_count(AutoConfig.from_pretrained(model_path))
+    peaks = {"fp32": matmul_peak(torch.float32, device), "bf16": matmul_peak(torch.bfloat16, device)}
+    where = torch.cuda.get_device_name(device) if device.startswith("cuda") else f"{torch.get_num_threads()} threads"
+    print(f"model {model_path}: {parameters:,} parameters; matmul peak on {where}: fp32 {peaks['fp32']:.0f} GFLOP/s, "
+          f"bf16 {peaks['bf16']:.0f} GFLOP/s", flush=True)
     names = [] if args.memory_only else (args.only or list(CONFIGS))
     if names and "released" not in names:
         names = ["released", *names]
@@ -380,7 +451,7 @@ def main() -> None:
         # (a) is itself the unbatched prompt_first fp32 path (one whole sequence per pass), so (a) and (b) are
         # compared with each other below instead of running it a second time.
         reference_rows = 0 if name in ("released", "pf") else args.reference_rows
-        results[name] = child(name, args.rows, args.repeats, args.budget, alpaca, reference_rows, name)
+        results[name] = child(name, args.rows, args.repeats, args.budget, alpaca, reference_rows, name, model_path, device)
         r = results[name]
         print(f"{name}: median {r['median_seconds']:.1f} s over {r['repeats']}, {r['tokens']} tokens, "
               f"peak RSS {r['peak_rss_mib']:.0f} MiB, diff {r['max_difference_from_unbatched']}", flush=True)
@@ -411,7 +482,8 @@ def main() -> None:
         # state after loading), so each size runs in several fresh processes and the medians are compared.
         for rows in (args.rows, args.memory_rows):
             source = smaller if rows == args.rows else larger
-            runs = [child("default", rows, 1, args.budget, source, 0, f"memory-{rows}") for _ in range(args.memory_repeats)]
+            runs = [child("default", rows, 1, args.budget, source, 0, f"memory-{rows}", model_path, device)
+                    for _ in range(args.memory_repeats)]
             memory[rows] = {
                 "peak_rss_mib": statistics.median(r["peak_rss_mib"] for r in runs),
                 "growth_mib": statistics.median(r["peak_rss_mib"] - r["rss_before_mib"] for r in runs),
@@ -424,14 +496,22 @@ def main() -> None:
                   f"{', '.join(f'{p:.0f}' for p in m['peaks_mib'])}), median growth during scoring {m['growth_mib']:.0f} MiB, "
                   f"{m['seconds']:.0f} s", flush=True)
     report = {"peaks_gflops": peaks, "threads": torch.get_num_threads(), "parameters": parameters,
+              "model": args.random_model or "embedded", "device": where,
               "results": results, "comparisons": comparisons, "memory": memory}
     # A memory-only run keeps the full run's results file.
-    (RESULTS / ("memory.json" if args.memory_only else "scoring.json")).write_text(json.dumps(report, indent=2))
+    suffix = "" if (device == "cpu" and not args.random_model) else f"-{device.replace(':', '')}-{args.random_model or 'embedded'}"
+    (RESULTS / (f"memory{suffix}.json" if args.memory_only else f"scoring{suffix}.json")).write_text(json.dumps(report, indent=2))
     if results:
         print()
         print(table(results, peaks, parameters))
     print()
     print(json.dumps({"comparisons": comparisons, "memory": memory}, indent=2))
+
+
+def _embedded() -> str:
+    from selectit_trl.models import embedded_model_path
+
+    return str(embedded_model_path())
 
 
 if __name__ == "__main__":

@@ -23,10 +23,12 @@ def embedded_dir() -> str:
 
 
 @pytest.fixture(scope="session")
-def tokenizer(embedded_dir):
+def tokenizer():
+    """The embedded model's tokenizer. $SELECTIT_TRL_TEST_TOKENIZER may name a folder holding only its tokenizer
+    files, for a machine without the embedded model (the GPU checks of tests/test_cuda.py run that way)."""
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(embedded_dir)
+    return AutoTokenizer.from_pretrained(os.environ.get("SELECTIT_TRL_TEST_TOKENIZER") or embedded_model_path())
 
 
 def build_tiny_llama(
