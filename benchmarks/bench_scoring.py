@@ -413,6 +413,9 @@ def main() -> None:
     parser.add_argument("--save", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    from selectit_trl.scoring import cap_onednn_cache
+
+    cap_onednn_cache()  # as the trainer does, so that the figures are those users get; children inherit it
     alpaca = data_dir() / "alpaca_subsets" / "llamafactory_alpaca_en_demo.json"
     if args.child:
         result = run_config(args.child, Path(args.data), args.rows, args.repeats, args.reference_rows, args.budget,

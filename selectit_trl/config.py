@@ -9,6 +9,7 @@ from trl import SFTConfig
 
 from .errors import SelectionConfigError
 from .formats import FORMATS
+from .peers import PeerSpec, parse_peer
 from .prompts import LAYOUTS
 from .reflection import NORMALIZATIONS
 
@@ -82,9 +83,11 @@ class SelectiveSFTConfig(SFTConfig):
         default=True,
         metadata={"help": "With 'sample_first', render rating requests through the tokenizer's chat template when it has one."},
     )
-    selection_peer_models: list[str] | None = field(
+    selection_peer_models: list[str] | None = field(  # entries may also be mappings (peers.py)
         default=None,
-        metadata={"help": "Ids or paths of peer models that also rate every sample (model-level reflection). Each is loaded, used and released in turn."},
+        metadata={"help": "Peer models that also rate every sample (model-level reflection): ids or paths, or mappings "
+                  "{model, revision, dtype, load_in_4bit} (JSON on the command line). Each is loaded (4-bit NF4 by "
+                  "default), used and released in turn."},
     )
     selection_model_weights: list[float] | None = field(
         default=None,
@@ -138,6 +141,9 @@ class SelectiveSFTConfig(SFTConfig):
              "selection_max_batch_tokens must be >= 1"),
             (self.selection_dataset_format in (None, *FORMATS), f"selection_dataset_format must be one of {FORMATS}"),
         ]
+        peers = [parse_peer(entry) for entry in self.selection_peer_models or []]  # raises on a malformed entry
+        ids = [peer.model_id for peer in peers]
+        checks.append((len(set(ids)) == len(ids), f"selection_peer_models names a model twice: {ids}"))
         if self.selection_model_weights is not None:
             models = 1 + len(self.selection_peer_models or [])
             checks.append(
@@ -147,6 +153,9 @@ class SelectiveSFTConfig(SFTConfig):
         for ok, message in checks:
             if not ok:
                 raise SelectionConfigError(message + ".")
+
+    def peer_specs(self) -> list[PeerSpec]:
+        return [parse_peer(entry) for entry in self.selection_peer_models or []]
 
     def selection_settings(self) -> dict:
         """The `selection_*` fields as a plain dict, as written into `summary.json`."""

@@ -29,12 +29,8 @@ class ModelSourceError(SelectITError, ValueError):
     """A model that cannot or must not be loaded: a local path that does not exist, or pickle weights."""
 
 
-class OutputDirConflict(SelectITError, RuntimeError):
-    """The output directory holds scores of another selection, which this run would throw away."""
-
-
 class StoredSelectionMismatch(SelectITError, RuntimeError):
-    """Scoring was not allowed (a resumed run, a non-main process) and the stored selection does not fit."""
+    """A run resumed from a checkpoint would need new scores, or would select another subset than it trained on."""
 
 
 class NonFiniteScoresError(SelectITError, RuntimeError):

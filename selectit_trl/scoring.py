@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from collections import deque
 from collections.abc import Iterator, Sequence
 from typing import NamedTuple
@@ -40,6 +41,23 @@ DEFAULT_MAX_BATCH_TOKENS = {"cpu": 2048, "cuda": 16384}
 
 def default_max_batch_tokens(model) -> int:
     return DEFAULT_MAX_BATCH_TOKENS.get(_input_device(model).type, DEFAULT_MAX_BATCH_TOKENS["cuda"])
+
+
+# oneDNN, which runs bf16 matmuls on x86 CPUs, keeps a compiled kernel and its buffers for every matrix shape it
+# meets, up to 1,024 of them by default. Scoring meets a few shapes per batch-width bucket, so without a cap the
+# process grows with the range of sample lengths: +17% peak memory from 200 to 2,000 rows, against +3.5% with
+# the cap, at the same speed (docs/performance.md). Each batch shape runs many times in a row, so a small cache
+# loses nothing.
+ONEDNN_CACHE_CAPACITY = "8"
+
+
+def cap_onednn_cache() -> None:
+    """Cap oneDNN's kernel cache for this process, unless the user has set ONEDNN_PRIMITIVE_CACHE_CAPACITY.
+
+    oneDNN reads the variable when it first runs, so this works only before the process's first bf16 matmul;
+    the trainer calls it before loading the model.
+    """
+    os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", ONEDNN_CACHE_CAPACITY)
 
 
 # Attention implementations that take an arbitrary 4D mask; flash-attention kernels only know padding.
@@ -93,6 +111,16 @@ def plan_batches(lengths: Sequence[int], max_batch_tokens: int, rows_per_item: i
     if current:
         batches.append(current)
     return batches
+
+
+def share_batches(costs: Sequence[int], world: int) -> list[int]:
+    """The process (0 .. world-1) that runs each batch: costliest first, each to the least loaded so far."""
+    owners, loads = [0] * len(costs), [0] * world
+    for b in sorted(range(len(costs)), key=lambda b: (-costs[b], b)):
+        owner = min(range(world), key=lambda r: (loads[r], r))
+        owners[b] = owner
+        loads[owner] += costs[b]
+    return owners
 
 
 def _input_device(model) -> torch.device:
@@ -241,8 +269,15 @@ def iter_score_batches(
     progress: bool = True,
     desc: str = "Scoring",
     share_prefix: bool = True,
+    done: Sequence[bool] | None = None,
+    shard: tuple[int, int] = (0, 1),
 ) -> Iterator[tuple[list[int], np.ndarray]]:
     """Score samples batch by batch, yielding `(sample indices, probs [n, K, S])` as each batch finishes.
+
+    Batches are planned over all of `requests` first, and only then are finished batches skipped and the rest
+    shared out between processes. A sample is therefore always scored in the same batch, with the same
+    padding, whether the run is the first, a resumed one, or one of several processes, and its
+    probabilities come out bit for bit the same.
 
     Args:
         requests: for each sample, its prefix and K suffixes. A sample's K requests always share a batch.
@@ -251,6 +286,10 @@ def iter_score_batches(
         share_prefix: compute each sample's prefix once for its K suffixes. Used when the samples have
             prefixes and the model's attention takes a custom mask; checked against whole rows on one sample
             first, and turned off with a warning if the two disagree.
+        done: samples whose probabilities are already known. Batches made only of them are not run; a batch
+            holding some of them runs whole and yields them too.
+        shard: (this process's rank, number of processes). Each process runs its own share of the batches,
+            balanced by padded tokens; together they run every batch once.
     """
     if not requests:
         return
@@ -290,8 +329,12 @@ def iter_score_batches(
     def plan(items: list[int], budget: int) -> deque[list[int]]:
         return deque([items[j] for j in batch] for batch in plan_batches([widths[i] for i in items], budget, rows_per_item))
 
-    pending = plan(list(range(len(requests))), max_batch_tokens)
-    with tqdm(total=len(requests), desc=desc, unit="sample", disable=not progress, dynamic_ncols=True) as bar:
+    batches = [b for b in plan(list(range(len(requests))), max_batch_tokens) if done is None or not all(done[i] for i in b)]
+    rank, world = shard
+    owners = share_batches([len(b) * rows_per_item * max(widths[i] for i in b) for b in batches], world)
+    pending = deque(b for b, owner in zip(batches, owners) if owner == rank)
+    total = sum(len(b) for b in pending)
+    with tqdm(total=total, desc=desc, unit="sample", disable=not progress or not total, dynamic_ncols=True) as bar:
         while pending:
             batch = pending.popleft()
             width = max(widths[i] for i in batch)

@@ -18,10 +18,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import reflection, store
+from . import probability_store, reflection, store
 from .errors import (
     NonFiniteScoresError,
-    OutputDirConflict,
     RowFormatError,
     SelectionConfigError,
     StoredSelectionMismatch,
@@ -34,7 +33,7 @@ from .prompts import (
     score_token_ids,
     truncate_middle,
 )
-from .scoring import SampleRequests, score_requests
+from .scoring import SampleRequests, iter_score_batches
 
 logger = logging.getLogger(__name__)
 
@@ -83,20 +82,32 @@ def indices_hash(indices: Sequence[int]) -> str:
     return hashlib.sha256(",".join(str(i) for i in sorted(indices)).encode("ascii")).hexdigest()
 
 
-def requests_hash(requests: Sequence[SampleRequests], token_ids: Sequence[int]) -> str:
-    """sha256 of every token id a model will see and of the rating tokens it is read at.
+def sample_hash(sample: RatingSample) -> str:
+    """sha256 of a sample's content: what is rated, whatever row it sits in."""
+    return hashlib.sha256(json.dumps([sample.instruction, sample.response], ensure_ascii=False).encode("utf-8")).hexdigest()
 
-    This pins data, prompts, layout, chat template and tokenizer at once: if any of them changes, so does
-    the hash, and stored probabilities are not reused.
+
+def token_hashes(requests: Sequence[SampleRequests], token_ids: Sequence[int]) -> list[str]:
+    """For each sample, sha256 of every token id the model will read for it and of the rating tokens.
+
+    This pins the sample, the prompts, the layout, the chat template, the tokenizer and any truncation at
+    once: if any of them changes, so does the hash, and stored probabilities are not reused.
     """
-    digest = hashlib.sha256(np.asarray(token_ids, dtype=np.int64).tobytes())
+    rating = np.asarray(token_ids, dtype=np.int64).tobytes()
+    hashes = []
     for sample in requests:
+        digest = hashlib.sha256(rating)
         # Whole sequences, as the model reads them: how they are split into prefix and suffixes is a matter of
         # speed, not of what is scored.
         for k in range(len(sample.suffixes)):
-            digest.update(sample.sequence(k).astype(np.int64).tobytes())
             digest.update(b"|")
-    return digest.hexdigest()
+            digest.update(sample.sequence(k).astype(np.int64).tobytes())
+        hashes.append(digest.hexdigest())
+    return hashes
+
+
+def _combined_hash(hashes: Sequence[str]) -> str:
+    return hashlib.sha256("\n".join(hashes).encode("ascii")).hexdigest()
 
 
 def check_keeps_rows(num_samples: int, config) -> None:
@@ -128,61 +139,63 @@ def _pad_id(tokenizer) -> int:
     return 0
 
 
-def _stored_probs(output_dir, stored: dict | None, key: dict, num_samples: int) -> dict[str, np.ndarray]:
-    """Probabilities in the store that were made from exactly these inputs, by model id.
-
-    The scores file is checked against the summary before anything in it is used; a file that does not fit is
-    ignored, and its models are scored again.
-    """
-    stored_key = stored.get("scoring_key") if stored is not None else None
-    if not isinstance(stored_key, dict) or stored_key.get("dataset_sha256") != key["dataset_sha256"]:
-        return {}
-    matching = [m for m in stored_key.get("models") or [] if isinstance(m, dict) and m in key["models"]]
-    if not matching:
-        return {}
-    try:
-        records = store.read_scores(output_dir)
-        if [r["index"] for r in records] != list(range(num_samples)):
-            raise ValueError("rows missing or out of order")
-        found = {m["id"]: np.array([r["probs"][m["id"]] for r in records], dtype=np.float64) for m in matching}
-        for probs in found.values():
-            if probs.ndim != 3 or not np.isfinite(probs).all():
-                raise ValueError("probabilities of the wrong shape")
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        logger.warning("Ignoring the stored scores in %s (%s); scoring again.", store.selection_dir(output_dir), error)
-        return {}
-    return found
-
-
-def _refuse_to_discard(output_dir, stored: dict, key: dict) -> None:
-    """Stop a run that would replace stored probabilities made from other data, prompts or models.
-
-    Scoring can take hours, so its results are never thrown away silently. A change of alpha, ratio,
-    normalisation or model weights reuses them, and so does adding a peer; anything else needs
-    `selection_overwrite`.
-    """
-    stored_key = stored.get("scoring_key")
-    models = stored_key.get("models") if isinstance(stored_key, dict) else None
-    if not isinstance(models, list) or not all(isinstance(m, dict) and "id" in m for m in models):
-        # A summary written by an earlier version of selectit-trl, whose scores cannot be matched to this run.
-        ids = [m if isinstance(m, str) else m.get("id") if isinstance(m, dict) else "?" for m in models or []]
-        lost, reason = ids or ["unknown models"], "an earlier version of selectit-trl"
-    else:
-        same_data = stored_key.get("dataset_sha256") == key["dataset_sha256"]
-        lost = [m["id"] for m in models if not same_data or m not in key["models"]]
-        reason = "other data" if not same_data else "other prompts, layout, tokenizer or weights"
-    if lost:
-        raise OutputDirConflict(
-            f"{store.selection_dir(output_dir)} holds the scores of {', '.join(map(str, lost))} made from {reason}; "
-            "this run would replace them. Use another output_dir, or pass --overwrite (selection_overwrite: true) "
-            "to score again."
-        )
-
-
 def _free_memory() -> None:
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
+
+
+def _lookup(stored: dict, fingerprint: str, key: str, shape: tuple[int, int]) -> np.ndarray | None:
+    """A sample's stored probabilities [K, S], or None when there are none of the expected shape."""
+    record = stored.get((fingerprint, key))
+    if record is None:
+        return None
+    probs = np.asarray(record["probs"], dtype=np.float64)
+    return probs if probs.shape == shape else None
+
+
+def _score_into_store(rater: Rater, have, copy_of, content, prompt_set, keys, requests_of, config, output_dir,
+                      shard, progress) -> float:
+    """Score this process's share of the samples `have` lacks, appending each batch to the store as it finishes.
+
+    Returns the seconds spent. A batch that also holds stored samples runs whole (so that every sample is
+    always scored in the same batch), and only its new samples are written.
+    """
+    requests, token_ids, cut = requests_of(rater)
+    model = rater.load()
+    started = time.perf_counter()
+    written = 0
+    try:
+        with probability_store.StoreWriter(output_dir, rank=shard[0]) as writer:
+            batches = iter_score_batches(
+                model, requests, token_ids, _pad_id(rater.tokenizer), max_batch_tokens=config.selection_max_batch_tokens,
+                progress=progress, desc=f"Scoring with {rater.model_id}", done=have, shard=shard,
+            )
+            for batch, probs in batches:
+                new = [(j, p) for j, p in zip(batch, probs) if not have[j]]
+                writer.append(
+                    {"model": rater.fingerprint, "model_id": rater.model_id, "tokens": keys[j], "sample": content[j],
+                     "prompts": prompt_set, "layout": config.selection_prompt_layout, "probs": p.tolist(),
+                     "truncated": bool(cut[j])}
+                    for j, p in new
+                )
+                written += len(new)
+    except NonFiniteScoresError as error:
+        row = int(np.flatnonzero(copy_of == error.sample_index)[0])
+        raise NonFiniteScoresError(
+            f"{rater.model_id} gave row {row} NaN or infinite rating probabilities: its logits overflowed or its "
+            "weights hold NaN. Score in bf16 or fp32 rather than fp16, or check the weights. The rows scored before "
+            f"it are kept in {probability_store.store_dir(output_dir)}; nothing else was written.",
+            sample_index=row,
+        ) from None
+    except KeyboardInterrupt:
+        logger.warning(
+            "Scoring with %s stopped: %d sample(s) of this run are saved in %s, with %d stored before. Run the same "
+            "command again to resume; nothing stored is scored again.",
+            rater.model_id, written, probability_store.store_dir(output_dir), int(have.sum()),
+        )
+        raise
+    return time.perf_counter() - started
 
 
 def _shorten(text: str, limit: int = 160) -> str:
@@ -210,12 +223,16 @@ def run_selection(
     write: bool = True,
     progress: bool = True,
     dataset_format: str | None = None,
+    shard: tuple[int, int] = (0, 1),
+    barrier: Callable[[], None] = lambda: None,
 ) -> SelectionResult:
     """Score with each rater in turn, combine, select, and write `OUTPUT_DIR/selection/`.
 
-    A model's stored probabilities are reused when they were made from exactly the same token ids, rating
-    tokens and weights (see `requests_hash` and `Rater.fingerprint`). Alpha, the normalisation, the ratio and
-    the weights are always recomputed, which costs no forward pass.
+    Probabilities go to the score store (`probability_store`) batch by batch as they are made, and every
+    sample whose probabilities the store already holds for the same token ids and weights (see
+    `token_hashes` and `Rater.fingerprint`) is not scored again: an interrupted run picks up where it
+    stopped. Alpha, the normalisation, the ratio and the weights are always recomputed, which costs no
+    forward pass.
 
     Args:
         raters: the model being tuned first, then the peers.
@@ -225,6 +242,9 @@ def run_selection(
         expected_indices_sha256: the subset a checkpoint was trained on; a selection that differs is refused
             before anything is written.
         write: whether this process writes the files (only the main process does).
+        shard: (rank, number of processes). Each process scores its share of the batches into its own file
+            of the store; `barrier` waits for all of them before the store is read back and the selection made,
+            the same in every process.
     """
     check_keeps_rows(len(samples), config)
     empty = empty_responses(samples, config.selection_strict)
@@ -259,10 +279,13 @@ def run_selection(
         requests, cut = truncate_middle(requests, rater.max_positions)
         return requests, token_ids, cut
 
-    # What each model will see, and so what its probabilities depend on. The token arrays are dropped once hashed
-    # and rebuilt for the models that must score: with prompt_first they hold K whole requests per sample (about
-    # 200 MB per model on a 50k-row dataset), while tokenizing again takes seconds next to hours of scoring.
-    model_keys = []
+    # What each model will see, and so the key of its probabilities in the store. The token arrays are dropped
+    # once hashed and rebuilt for the models that must score: with prompt_first they hold K whole requests per
+    # sample (about 200 MB per model on a 50k-row dataset), while tokenizing again takes seconds.
+    content = [sample_hash(s) for s in unique]
+    prompt_set = hashlib.sha256(json.dumps([prompts.preamble, list(prompts.requests), config.selection_score_max],
+                                           ensure_ascii=False).encode("utf-8")).hexdigest()
+    keys: dict[str, list[str]] = {}  # model id -> token hash of each unique sample
     truncated = np.zeros(len(unique), dtype=bool)  # cut to fit the context of any model
     for rater in raters:
         requests, token_ids, cut = requests_of(rater)
@@ -274,54 +297,60 @@ def run_selection(
                 "signal. Prefer sample_first; keep prompt_first only to reproduce the released scripts' scores.",
                 rater.model_id,
             )
-        model_keys.append(
-            {"id": rater.model_id, "fingerprint": rater.fingerprint, "requests_sha256": requests_hash(requests, token_ids)}
-        )
+        keys[rater.model_id] = token_hashes(requests, token_ids)
         del requests
-    scoring_key = {"dataset_sha256": dataset_hash(samples), "num_samples": len(samples), "models": model_keys}
+    scoring_key = {
+        "dataset_sha256": dataset_hash(samples),
+        "num_samples": len(samples),
+        "prompts_sha256": prompt_set,
+        "models": [
+            {"id": r.model_id, "fingerprint": r.fingerprint, "requests_sha256": _combined_hash(keys[r.model_id])}
+            for r in raters
+        ],
+    }
 
-    stored = store.read_summary(output_dir)
-    if stored is not None and allow_scoring and not config.selection_overwrite:
-        _refuse_to_discard(output_dir, stored, scoring_key)
-    probs_by_model = _stored_probs(output_dir, stored, scoring_key, len(samples))
-    to_score = [r for r in raters if r.model_id not in probs_by_model]
-    if to_score and not allow_scoring:
-        raise StoredSelectionMismatch(
-            f"The selection in {store.selection_dir(output_dir)} was not made from the same data, models and "
-            f"prompts ({', '.join(r.model_id for r in to_score)} would have to score again). A resumed run must "
-            "train on the subset it started with: resume with the original settings, or start a fresh output_dir."
-        )
-    if probs_by_model:
-        logger.info("Reusing stored probabilities of %s.", ", ".join(probs_by_model))
-    stored_seconds = (stored or {}).get("scoring_seconds_by_model", {})
-    scoring_seconds = {m: t for m, t in stored_seconds.items() if m in probs_by_model}
-    for rater in to_score:
-        requests, token_ids, _ = requests_of(rater)
-        model = rater.load()
-        started = time.perf_counter()
-        try:
-            probs = score_requests(
-                model,
-                requests,
-                token_ids,
-                _pad_id(rater.tokenizer),
-                max_batch_tokens=config.selection_max_batch_tokens,
-                progress=progress,
-                desc=f"Scoring with {rater.model_id}",
+    rank, world = shard
+    if config.selection_overwrite and allow_scoring:
+        if rank == 0:
+            probability_store.set_aside(output_dir)
+        barrier()
+    stored = probability_store.read_store(output_dir)
+    barrier()  # every process has read the same store before any appends to it, so they plan the same batches
+    scored_now: dict[str, int] = {}
+    scoring_seconds: dict[str, float] = {}
+    shape = (len(prompts.requests), config.selection_score_max)
+    for rater in raters:
+        have = np.array([_lookup(stored, rater.fingerprint, key, shape) is not None for key in keys[rater.model_id]])
+        if have.all():
+            continue
+        if not allow_scoring:
+            raise StoredSelectionMismatch(
+                f"The score store in {probability_store.store_dir(output_dir)} lacks {int((~have).sum())} sample(s) "
+                f"for {rater.model_id} under these data, prompts and weights. A resumed run must train on the subset "
+                "it started with: resume with the original settings, or start a fresh output_dir."
             )
-        except NonFiniteScoresError as error:
-            row = int(np.flatnonzero(copy_of == error.sample_index)[0])
-            raise NonFiniteScoresError(
-                f"{rater.model_id} gave row {row} NaN or infinite rating probabilities: its logits overflowed or its "
-                "weights hold NaN. Score in bf16 or fp32 rather than fp16, or check the weights. Nothing of this "
-                f"model's scoring was stored; the files in {store.selection_dir(output_dir)} are as they were.",
-                sample_index=row,
-            ) from None
-        probs_by_model[rater.model_id] = probs[copy_of]
-        scoring_seconds[rater.model_id] = time.perf_counter() - started
-        model = requests = None
+        scored_now[rater.model_id] = int((~have).sum())
+        scoring_seconds[rater.model_id] = _score_into_store(
+            rater, have, copy_of, content, prompt_set, keys[rater.model_id], requests_of, config, output_dir,
+            shard, progress,
+        )
         if rater.release_after_use:
             _free_memory()
+    if scored_now:
+        barrier()  # every process's share is in the store before anyone reads it back
+        stored = probability_store.read_store(output_dir)
+    else:
+        logger.info("Every probability came from the score store in %s.", probability_store.store_dir(output_dir))
+    probs_by_model = {}
+    for rater in raters:
+        found = [_lookup(stored, rater.fingerprint, key, shape) for key in keys[rater.model_id]]
+        missing = [j for j, probs in enumerate(found) if probs is None]
+        if missing:
+            raise StoredSelectionMismatch(
+                f"{len(missing)} sample(s) of {rater.model_id} are missing from the score store after scoring, "
+                f"the first being row {int(np.flatnonzero(copy_of == missing[0])[0])}. Did another process fail?"
+            )
+        probs_by_model[rater.model_id] = np.stack(found)[copy_of]
 
     parameter_counts = {r.model_id: r.num_parameters for r in raters}
     weights = reflection.model_weights(parameter_counts, config.selection_model_weights)
@@ -364,6 +393,7 @@ def run_selection(
         "prompts": list(prompts.requests),
         "rating_preamble": prompts.preamble,
         "scoring_key": scoring_key,
+        "scored_this_run": scored_now,
         "scoring_seconds": sum(scoring_seconds.values()),
         "scoring_seconds_by_model": scoring_seconds,
         "score_quantiles": {q: float(np.quantile(scores, float(q))) for q in ("0.0", "0.25", "0.5", "0.75", "1.0")},
@@ -371,4 +401,4 @@ def run_selection(
         "examples": _examples(samples, scores),
     }
     path = store.write_selection(output_dir, records, summary) if write else store.selection_dir(output_dir)
-    return SelectionResult(selected, scores, summary, path, reused=not to_score)
+    return SelectionResult(selected, scores, summary, path, reused=not scored_now)

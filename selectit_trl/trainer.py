@@ -6,11 +6,13 @@ import json
 import logging
 import os
 
+import torch
 from datasets import Dataset
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
     AutoTokenizer,
+    BitsAndBytesConfig,
     PreTrainedModel,
     TrainerCallback,
 )
@@ -28,7 +30,9 @@ from .models import (
     parameter_count,
     scoring_mode,
 )
+from .peers import PeerSpec
 from .prompts import load_prompts, score_token_ids
+from .scoring import cap_onednn_cache
 from .selection import (
     Rater,
     SelectionResult,
@@ -98,6 +102,7 @@ class SelectiveSFTTrainer(SFTTrainer):
         processing_class=None,
         **kwargs,
     ):
+        cap_onednn_cache()  # before anything runs a bf16 matmul on the CPU; see scoring.ONEDNN_CACHE_CAPACITY
         embedded = model is None
         if embedded:
             model = embedded_model_path()
@@ -115,7 +120,7 @@ class SelectiveSFTTrainer(SFTTrainer):
         allow_pickle = (args.model_init_kwargs or {}).get("use_safetensors") is False
         if isinstance(model, str):
             args.model_init_kwargs = {"use_safetensors": True, **(args.model_init_kwargs or {})}
-        for source in ([model] if isinstance(model, str) else []) + list(args.selection_peer_models or []):
+        for source in ([model] if isinstance(model, str) else []) + [peer.model for peer in args.peer_specs()]:
             check_model_source(source, allow_pickle)
         if processing_class is None:
             processing_class = AutoTokenizer.from_pretrained(self._model_source, trust_remote_code=args.trust_remote_code)
@@ -151,28 +156,36 @@ class SelectiveSFTTrainer(SFTTrainer):
         return Rater(self.selection_model_id, self._tokenizer, fingerprint, parameter_count(config), load=lambda: self.model,
                      max_positions=_context_length(config))
 
-    def _peer_rater(self, model_id: str) -> Rater:
-        """A peer, loaded only when its turn comes, the way the tuned model was loaded (dtype and quantisation)."""
+    def _peer_rater(self, peer: PeerSpec) -> Rater:
+        """A peer, loaded only when its turn comes: in 4-bit NF4 unless its entry says otherwise."""
         remote = self.args.trust_remote_code
         init_kwargs = {"use_safetensors": True, **(self.args.model_init_kwargs or {})}
-        init_kwargs.pop("revision", None)  # the tuned model's revision means nothing for another repository
+        for tuned_only in ("revision", "dtype", "quantization_config", "device_map"):
+            init_kwargs.pop(tuned_only, None)  # the tuned model's settings mean nothing for another repository
         init_kwargs["trust_remote_code"] = remote
-        quantization = getattr(self.model.config, "quantization_config", None)
-        if quantization is not None:
-            init_kwargs.setdefault("quantization_config", quantization)
+        if peer.revision:
+            init_kwargs["revision"] = peer.revision
+        device = self.model.get_input_embeddings().weight.device
+        if peer.load_in_4bit:
+            compute = getattr(torch, peer.dtype) if peer.dtype not in (None, "auto") else torch.bfloat16
+            init_kwargs["quantization_config"] = BitsAndBytesConfig(
+                load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute, bnb_4bit_use_double_quant=True
+            )
+            init_kwargs["dtype"] = compute
+            init_kwargs["device_map"] = {"": str(device)}  # quantised as it loads, on the scoring device
         else:
-            init_kwargs.setdefault("dtype", self.model.dtype)
-        config = AutoConfig.from_pretrained(model_id, trust_remote_code=remote)
+            init_kwargs["dtype"] = peer.dtype or self.model.dtype
+        config = AutoConfig.from_pretrained(peer.model, revision=peer.revision, trust_remote_code=remote)
 
         def load():
-            peer = AutoModelForCausalLM.from_pretrained(model_id, **init_kwargs)
-            if quantization is None:
-                peer.to(self.model.device)
-            return peer.eval()
+            loaded = AutoModelForCausalLM.from_pretrained(peer.model, **init_kwargs)
+            if not peer.load_in_4bit:
+                loaded.to(device)
+            return loaded.eval()
 
-        fingerprint = model_fingerprint(config, model_id, init_kwargs.get("dtype"), init_kwargs.get("quantization_config"))
-        tokenizer = AutoTokenizer.from_pretrained(model_id, trust_remote_code=remote)
-        return Rater(model_id, tokenizer, fingerprint, parameter_count(config), load=load, release_after_use=True,
+        fingerprint = model_fingerprint(config, peer.model, init_kwargs["dtype"], init_kwargs.get("quantization_config"))
+        tokenizer = AutoTokenizer.from_pretrained(peer.model, revision=peer.revision, trust_remote_code=remote)
+        return Rater(peer.model_id, tokenizer, fingerprint, parameter_count(config), load=load, release_after_use=True,
                      max_positions=_context_length(config))
 
     def select(self) -> SelectionResult:
@@ -183,21 +196,27 @@ class SelectiveSFTTrainer(SFTTrainer):
         return self._select()
 
     def _select(self, resuming: bool = False, expected_indices_sha256: str | None = None) -> SelectionResult:
+        # Under accelerate every process scores its own share of the batches into the store, then all of them read
+        # the store back and make the same selection, so that every rank trains on the same subset. Only the main
+        # process writes scores.jsonl and summary.json.
+        state = self.accelerator.state
         main = self.accelerator.is_main_process
-        # Only the main process scores and writes; the others arrive after it and read what it stored.
-        with self.accelerator.main_process_first(), scoring_mode(self.model):
-            raters = [self._base_rater(), *(self._peer_rater(p) for p in self.args.selection_peer_models or ())]
+        with scoring_mode(self.model):
+            raters = [self._base_rater(), *(self._peer_rater(p) for p in self.args.peer_specs())]
             self.selection_result = run_selection(
                 self.rating_samples,
                 raters,
                 self.args,
                 self.args.output_dir,
-                allow_scoring=main and not resuming,
+                allow_scoring=not resuming,
                 expected_indices_sha256=expected_indices_sha256,
                 write=main,
                 progress=main and not self.args.disable_tqdm,
                 dataset_format=self.dataset_format,
+                shard=(state.process_index, state.num_processes),
+                barrier=self.accelerator.wait_for_everyone,
             )
+        self.accelerator.wait_for_everyone()  # the files are written before any process goes on
         result = self.selection_result
         logger.info("SelectIT kept %d of %d samples (%s).", len(result.selected_indices), len(self.rating_samples), result.path)
         return result

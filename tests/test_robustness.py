@@ -3,6 +3,7 @@ pickle weights, missing paths, a damaged store. Each test names what is survived
 
 import json
 import logging
+import shutil
 
 import numpy as np
 import pytest
@@ -16,7 +17,6 @@ from selectit_trl import SelectiveSFTTrainer
 from selectit_trl.errors import (
     ModelSourceError,
     NonFiniteScoresError,
-    OutputDirConflict,
     RowFormatError,
     ScoringOutOfMemory,
 )
@@ -83,17 +83,21 @@ def test_a_sample_longer_than_the_context_is_truncated_and_marked(tokenizer, dem
 def test_nan_logits_stop_the_run_name_the_row_and_model_and_keep_the_store(tiny_llama, demo_dataset, tmp_path):
     dataset = demo_dataset(6)
     make_trainer(tiny_llama, dataset, tmp_path).select()
-    before = {p.name: p.read_bytes() for p in (tmp_path / "selection").iterdir()}
+
+    def files():
+        return {str(p.relative_to(tmp_path)): p.read_bytes() for p in (tmp_path / "selection").rglob("*") if p.is_file()}
+
+    before = files()
     broken = AutoModelForCausalLM.from_pretrained(tiny_llama)
     with torch.no_grad():
         broken.model.norm.weight.fill_(float("nan"))
-    # Other data, so that the stored probabilities cannot be reused and the broken model must score.
-    trainer = SelectiveSFTTrainer(model=broken, args=cpu_config(tmp_path, selection_overwrite=True), train_dataset=demo_dataset(7))
-    with pytest.raises(NonFiniteScoresError, match=r"gave row \d+ NaN or infinite rating probabilities") as error:
+    # Loaded from the same path, so the store's six rows are reused, and only the new seventh row is scored.
+    trainer = SelectiveSFTTrainer(model=broken, args=cpu_config(tmp_path), train_dataset=demo_dataset(7))
+    with pytest.raises(NonFiniteScoresError, match=r"gave row \d NaN or infinite rating probabilities") as error:
         trainer.select()
-    assert str(error.value).startswith(tiny_llama)
-    assert 0 <= error.value.sample_index < 7
-    assert {p.name: p.read_bytes() for p in (tmp_path / "selection").iterdir()} == before
+    assert str(error.value).startswith(tiny_llama) and "are kept in" in str(error.value)
+    assert 0 <= error.value.sample_index < 7  # the seventh row's batch runs whole, stored rows and all
+    assert files() == before  # the failed batch wrote nothing; the store and the last selection are as they were
 
 
 class _OutOfMemoryAbove:
@@ -178,28 +182,33 @@ def test_a_missing_local_model_path_is_refused_before_loading(demo_dataset, tmp_
         make_trainer("./no/such/model", demo_dataset(5), tmp_path / "out")
 
 
-def test_a_garbled_last_line_of_the_store_is_rejected_and_recomputed(tiny_llama, demo_dataset, tmp_path, caplog):
+def test_a_torn_last_line_of_the_store_is_dropped_and_that_sample_scored_again(tiny_llama, demo_dataset, tmp_path, caplog):
     dataset = demo_dataset(6)
     clean = make_trainer(tiny_llama, dataset, tmp_path).select()
-    scores = tmp_path / "selection" / "scores.jsonl"
-    lines = scores.read_text().splitlines(keepends=True)
-    scores.write_text("".join(lines[:-1]) + lines[-1][: len(lines[-1]) // 2])  # a write cut off mid-line
-    with caplog.at_level(logging.WARNING, logger="selectit_trl.selection"):
+    store = tmp_path / "selection" / "store" / "rank0.jsonl"
+    lines = store.read_text().splitlines(keepends=True)
+    store.write_text("".join(lines[:-1]) + lines[-1][: len(lines[-1]) // 2])  # a write cut off mid-line
+    with caplog.at_level(logging.WARNING, logger="selectit_trl.probability_store"):
         again = make_trainer(tiny_llama, dataset, tmp_path).select()
-    assert "Ignoring the stored scores" in caplog.text
-    assert not again.reused and again.scores.tolist() == clean.scores.tolist()
-    assert [json.loads(line)["index"] for line in scores.read_text().splitlines()] == list(range(6))
+    assert "Dropped 1 incomplete or damaged line" in caplog.text and "Cut a torn last line" in caplog.text
+    assert again.summary["scored_this_run"] == {tiny_llama: 1}
+    assert again.scores.tolist() == clean.scores.tolist()  # bit for bit: the sample ran in the same batch as before
+    assert [json.loads(line)["tokens"] for line in store.read_text().splitlines()] == [
+        json.loads(line)["tokens"] for line in lines
+    ]
 
 
 def test_a_record_of_the_wrong_shape_is_rejected(tiny_llama, demo_dataset, tmp_path):
     dataset = demo_dataset(6)
-    make_trainer(tiny_llama, dataset, tmp_path).select()
-    scores = tmp_path / "selection" / "scores.jsonl"
-    records = [json.loads(line) for line in scores.read_text().splitlines()]
-    model_id = next(iter(records[2]["probs"]))
-    records[2]["probs"][model_id] = records[2]["probs"][model_id][:1]  # one prompt's ratings instead of K
-    scores.write_text("".join(json.dumps(r) + "\n" for r in records))
-    assert not make_trainer(tiny_llama, dataset, tmp_path).select().reused
+    clean = make_trainer(tiny_llama, dataset, tmp_path).select()
+    store = tmp_path / "selection" / "store" / "rank0.jsonl"
+    records = [json.loads(line) for line in store.read_text().splitlines()]
+    records[2]["probs"] = records[2]["probs"][:1]  # one prompt's ratings instead of K
+    records[4]["probs"][0][0] = float("nan")
+    store.write_text("".join(json.dumps(r) + "\n" for r in records))
+    again = make_trainer(tiny_llama, dataset, tmp_path).select()
+    assert again.summary["scored_this_run"] == {tiny_llama: 2}
+    assert again.scores.tolist() == clean.scores.tolist()
 
 
 def test_unbatched_reference_is_unaffected_by_the_fault_wrapper(tiny_llama, tokenizer):
@@ -231,24 +240,28 @@ def test_text_in_a_dataset_is_never_evaluated(tiny_llama, tokenizer, tmp_path):
     assert hostile[0]["instruction"] in rendered and hostile[0]["output"] in rendered
 
 
-def test_a_summary_from_an_earlier_version_is_not_overwritten_silently(tiny_llama, demo_dataset, tmp_path):
+def test_a_selection_from_an_earlier_version_is_scored_again(tiny_llama, demo_dataset, tmp_path):
+    """Version 0.1 kept its probabilities in scores.jsonl only, keyed by the whole dataset; there is no store to
+    reuse, so everything is scored again, and the old files are replaced by complete new ones."""
     dataset = demo_dataset(6)
-    make_trainer(tiny_llama, dataset, tmp_path).select()
+    clean = make_trainer(tiny_llama, dataset, tmp_path).select()
+    shutil.rmtree(tmp_path / "selection" / "store")
     summary_path = tmp_path / "selection" / "summary.json"
     summary = json.loads(summary_path.read_text())
     summary["scoring_key"]["models"] = [m["id"] for m in summary["scoring_key"]["models"]]  # the 0.1 layout: bare ids
     summary_path.write_text(json.dumps(summary))
-    with pytest.raises(OutputDirConflict, match="made from an earlier version of selectit-trl"):
-        make_trainer(tiny_llama, dataset, tmp_path).select()
-    assert not make_trainer(tiny_llama, dataset, tmp_path, selection_overwrite=True).select().reused
+    again = make_trainer(tiny_llama, dataset, tmp_path).select()
+    assert again.summary["scored_this_run"] == {tiny_llama: 6}
+    assert again.scores.tolist() == clean.scores.tolist()
 
 
-def test_a_garbled_summary_is_ignored_and_the_selection_made_again(tiny_llama, demo_dataset, tmp_path, caplog):
+def test_a_garbled_summary_is_replaced_from_the_store(tiny_llama, demo_dataset, tmp_path, caplog):
     dataset = demo_dataset(6)
     clean = make_trainer(tiny_llama, dataset, tmp_path).select()
     (tmp_path / "selection" / "summary.json").write_text('{"format_version": 1, "scoring_key": {"data')
     with caplog.at_level(logging.WARNING, logger="selectit_trl.store"):
-        again = make_trainer(tiny_llama, dataset, tmp_path).select()
+        assert read_summary(tmp_path) is None
     assert "cannot be read" in caplog.text
-    assert not again.reused and again.scores.tolist() == clean.scores.tolist()
+    again = make_trainer(tiny_llama, dataset, tmp_path).select()
+    assert again.reused and again.scores.tolist() == clean.scores.tolist()
     assert read_summary(tmp_path)["counts"] == {"total": 6, "selected": 1}

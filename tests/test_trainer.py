@@ -11,7 +11,6 @@ from peft import LoraConfig
 from transformers import AutoModelForCausalLM
 
 from selectit_trl import SelectiveSFTTrainer, selection
-from selectit_trl.errors import OutputDirConflict
 from selectit_trl.store import read_scores, read_summary
 
 LORA = dict(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj"])
@@ -103,7 +102,7 @@ def test_resume_reuses_the_selection_without_scoring(tiny_llama, demo_dataset, t
     def no_scoring(*args, **kwargs):
         raise AssertionError("scored again")
 
-    monkeypatch.setattr(selection, "score_requests", no_scoring)
+    monkeypatch.setattr(selection, "iter_score_batches", no_scoring)
     second = make_trainer(tiny_llama, dataset, tmp_path, save_strategy="steps", save_steps=1, max_steps=2, selection_ratio=0.5)
     second.train(resume_from_checkpoint=str(tmp_path / "checkpoint-1"))
     assert second.selection_result.reused
@@ -122,7 +121,7 @@ def test_resume_refuses_a_changed_selection(tiny_llama, demo_dataset, tmp_path):
 def test_new_alpha_and_ratio_reuse_the_stored_probabilities(tiny_llama, demo_dataset, tmp_path, monkeypatch):
     dataset = demo_dataset(12)
     first = make_trainer(tiny_llama, dataset, tmp_path).select()
-    monkeypatch.setattr(selection, "score_requests", forbid_scoring)
+    monkeypatch.setattr(selection, "iter_score_batches", forbid_scoring)
     second = make_trainer(tiny_llama, dataset, tmp_path, selection_alpha=0.0, selection_ratio=0.5).select()
     assert second.reused and len(second.selected_indices) == 6
     records = read_scores(tmp_path)
@@ -151,49 +150,61 @@ def test_resume_refuses_a_subset_other_than_the_checkpoints(tiny_llama, demo_dat
         resumed.train(resume_from_checkpoint=True)
 
 
-def test_another_model_in_the_same_output_dir_scores_again(tiny_llama, tokenizer, demo_dataset, tmp_path, tmp_path_factory):
+def test_another_model_scores_and_both_stay_in_the_store(tiny_llama, tokenizer, demo_dataset, tmp_path, tmp_path_factory):
     from conftest import build_tiny_llama
 
     dataset = demo_dataset(6)
-    make_trainer(tiny_llama, dataset, tmp_path).select()
+    first = make_trainer(tiny_llama, dataset, tmp_path).select()
     other = build_tiny_llama(tmp_path_factory.mktemp("other"), tokenizer, seed=7)
-    with pytest.raises(OutputDirConflict, match="holds the scores of .* made from other prompts, layout, tokenizer or weights"):
-        make_trainer(other, dataset, tmp_path).select()
-    assert not make_trainer(other, dataset, tmp_path, selection_overwrite=True).select().reused
+    assert make_trainer(other, dataset, tmp_path).select().summary["scored_this_run"] == {other: 6}
+    back = make_trainer(tiny_llama, dataset, tmp_path).select()  # the first model's probabilities are still stored
+    assert back.reused and back.scores.tolist() == first.scores.tolist()
+
+    overwritten = make_trainer(tiny_llama, dataset, tmp_path, selection_overwrite=True).select()
+    assert overwritten.summary["scored_this_run"] == {tiny_llama: 6}
+    assert overwritten.scores.tolist() == first.scores.tolist()
+    set_aside = list((tmp_path / "selection").glob("store.replaced-*"))
+    assert len(set_aside) == 1 and (set_aside[0] / "rank0.jsonl").is_file()  # moved aside, not deleted
+
     # an in-memory model with no name can never be recognised, so it always scores
     unnamed = AutoModelForCausalLM.from_pretrained(tiny_llama)
     unnamed.config._name_or_path = ""
-    first = SelectiveSFTTrainer(model=unnamed, args=cpu_config(tmp_path / "u", selection_overwrite=True),
-                                train_dataset=dataset, processing_class=tokenizer)
+    first = SelectiveSFTTrainer(model=unnamed, args=cpu_config(tmp_path / "u"), train_dataset=dataset, processing_class=tokenizer)
     assert not first.select().reused
     assert not first.select().reused
 
 
-def test_other_prompts_or_data_score_again(tiny_llama, demo_dataset, tmp_path):
+def test_changed_prompts_or_rows_score_only_what_they_touch(tiny_llama, demo_dataset, tmp_path):
+    def scored(dataset, **overrides):
+        return make_trainer(tiny_llama, dataset, tmp_path, **overrides).select().summary["scored_this_run"]
+
     dataset = demo_dataset(6)
-    make_trainer(tiny_llama, dataset, tmp_path).select()
-    assert make_trainer(tiny_llama, dataset, tmp_path).select().reused
-    with pytest.raises(OutputDirConflict, match="other prompts"):
-        make_trainer(tiny_llama, dataset, tmp_path, selection_num_prompts=2).select()
-    with pytest.raises(OutputDirConflict, match="other data"):
-        make_trainer(tiny_llama, demo_dataset(7), tmp_path).select()
-    again = dict(selection_overwrite=True)
-    assert not make_trainer(tiny_llama, dataset, tmp_path, selection_num_prompts=2, **again).select().reused
-    assert not make_trainer(tiny_llama, demo_dataset(7), tmp_path, selection_num_prompts=2, **again).select().reused
-    assert not make_trainer(tiny_llama, demo_dataset(7), tmp_path, selection_num_prompts=2, selection_use_chat_template=False,
-                            **again).select().reused
-    # Alpha and ratio change nothing that was scored: no overwrite needed.
-    assert make_trainer(tiny_llama, demo_dataset(7), tmp_path, selection_num_prompts=2, selection_use_chat_template=False,
-                        selection_alpha=0.5, selection_ratio=0.5).select().reused
+    assert scored(dataset) == {tiny_llama: 6}
+    assert scored(dataset) == {}
+    assert scored(dataset, selection_num_prompts=2) == {tiny_llama: 6}  # other prompts: every request changes
+    assert scored(demo_dataset(7)) == {tiny_llama: 1}  # one new row, under the first prompts
+    assert scored(demo_dataset(7), selection_num_prompts=2) == {tiny_llama: 1}
+    assert scored(demo_dataset(7), selection_num_prompts=2, selection_use_chat_template=False) == {tiny_llama: 7}
+    # Alpha and ratio change nothing that was scored.
+    assert scored(demo_dataset(7), selection_alpha=0.5, selection_ratio=0.5) == {}
 
 
-def test_a_damaged_scores_file_is_not_trusted(tiny_llama, demo_dataset, tmp_path):
+def test_the_same_rows_in_another_order_reuse_every_score(tiny_llama, demo_dataset, tmp_path):
+    dataset = demo_dataset(8)
+    first = make_trainer(tiny_llama, dataset, tmp_path).select()
+    order = [5, 2, 7, 0, 3, 6, 1, 4]
+    shuffled = make_trainer(tiny_llama, dataset.select(order), tmp_path).select()
+    assert shuffled.reused
+    assert shuffled.scores.tolist() == first.scores[order].tolist()
+
+
+def test_a_damaged_scores_file_is_rewritten_from_the_store(tiny_llama, demo_dataset, tmp_path):
     dataset = demo_dataset(6)
     clean = make_trainer(tiny_llama, dataset, tmp_path).select()
     scores = tmp_path / "selection" / "scores.jsonl"
     scores.write_text("".join(scores.read_text().splitlines(keepends=True)[:4]))  # two rows lost
     again = make_trainer(tiny_llama, dataset, tmp_path).select()
-    assert not again.reused
+    assert again.reused  # scores.jsonl is an output; the probabilities live in the store
     assert again.scores.tolist() == clean.scores.tolist()
     assert len(read_scores(tmp_path)) == 6
 

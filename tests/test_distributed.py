@@ -1,0 +1,98 @@
+"""`accelerate launch` with two processes on the CPU: they share the scoring and agree with one process."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[1]
+ROWS = 24
+# Two processes on this CPU. accelerate 1.15's `--cpu` starts several processes only through MPI; without it,
+# `--cpu --num_processes 2` runs one. `--multi_gpu` on a machine without GPUs starts two processes through
+# torchrun, and accelerate joins them over gloo on the CPU.
+ACCELERATE = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+
+
+def recipe(tmp_path, model, data, out, command="score"):
+    settings = {
+        "model_name_or_path": model, "dataset_name": str(data), "output_dir": str(out), "use_cpu": True,
+        "report_to": "none", "disable_tqdm": True, "selection_num_prompts": 3, "selection_ratio": 0.25,
+        "selection_max_batch_tokens": 512, "use_peft": True, "lora_r": 4, "lora_alpha": 8,
+        "lora_target_modules": ["q_proj", "v_proj"], "max_steps": 2, "per_device_train_batch_size": 2,
+        "max_length": 128, "save_strategy": "no", "logging_strategy": "no",
+    }
+    path = tmp_path / f"{out.name}.yaml"
+    path.write_text("".join(f"{k}: {json.dumps(v)}\n" for k, v in settings.items()), encoding="utf-8")
+    return path
+
+
+def run(args):
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1")
+    done = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-4000:]
+    return done
+
+
+def launch(*args):
+    return run([*ACCELERATE, "-m", "selectit_trl.cli", *args])
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory, demo_rows):
+    path = tmp_path_factory.mktemp("data") / "rows.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in demo_rows[:ROWS]), encoding="utf-8")
+    return path
+
+
+def test_two_processes_share_the_scoring_and_equal_one(tiny_llama, data, tmp_path):
+    single, double = tmp_path / "single", tmp_path / "double"
+    run([sys.executable, "-m", "selectit_trl.cli", "score", "--config", str(recipe(tmp_path, tiny_llama, data, single))])
+    launch("score", "--config", str(recipe(tmp_path, tiny_llama, data, double)))
+
+    shards = {p.name: [json.loads(line) for line in p.read_text().splitlines()]
+              for p in (double / "selection" / "store").glob("*.jsonl")}
+    assert set(shards) == {"rank0.jsonl", "rank1.jsonl"}
+    assert all(shards.values()), "each process scored a share"
+    tokens = [r["tokens"] for records in shards.values() for r in records]
+    assert len(tokens) == len(set(tokens)) == ROWS  # every sample once, by one process
+    # Each sample ran in the same batch as in one process, so its probabilities are the same numbers.
+    assert (double / "selection" / "scores.jsonl").read_bytes() == (single / "selection" / "scores.jsonl").read_bytes()
+    one, two = (json.loads((d / "selection" / "summary.json").read_text()) for d in (single, double))
+    assert one["selected_indices_sha256"] == two["selected_indices_sha256"]
+
+
+TRAIN_AND_REPORT = """
+import json, sys
+from pathlib import Path
+from selectit_trl.cli import build_trainer, parse_args
+
+trainer = build_trainer(*parse_args(sys.argv[1:]))
+trainer.train()
+rank = trainer.accelerator.process_index
+rows = [trainer.processing_class.decode(ids) for ids in trainer.train_dataset["input_ids"]]
+Path(trainer.args.output_dir, f"rank{rank}-subset.json").write_text(json.dumps(rows))
+"""
+
+
+def test_training_under_accelerate_selects_once_and_every_rank_trains_on_the_subset(tiny_llama, data, tmp_path):
+    out = tmp_path / "ddp"
+    script = tmp_path / "train_and_report.py"
+    script.write_text(TRAIN_AND_REPORT, encoding="utf-8")
+    run([*ACCELERATE, str(script), "--config", str(recipe(tmp_path, tiny_llama, data, out))])
+    summary = json.loads((out / "selection" / "summary.json").read_text())
+    assert summary["counts"] == {"total": ROWS, "selected": 6}
+    assert sum(summary["scored_this_run"].values()) == ROWS  # scored once, shared between the two processes
+    assert {p.name for p in (out / "selection" / "store").glob("*.jsonl")} == {"rank0.jsonl", "rank1.jsonl"}
+    subsets = [json.loads((out / f"rank{r}-subset.json").read_text()) for r in (0, 1)]
+    assert len(subsets[0]) == 6 and subsets[0] == subsets[1]  # both ranks hold the same kept rows
+    rows = [json.loads(line) for line in data.read_text().splitlines()]
+    kept = [i for i, r in enumerate(json.loads(line) for line in (out / "selection" / "scores.jsonl").read_text().splitlines())
+            if r["selected"]]
+    for text, i in zip(subsets[0], kept):
+        assert rows[i]["output"] in text
