@@ -98,3 +98,26 @@ def test_a_recipe_with_load_in_4bit_runs_on_cuda_through_the_cli(tiny_llama, dem
     assert sum(r["selected"] for r in read_scores(out)) == 4
     adapter = json.loads((out / "adapter_config.json").read_text())
     assert adapter["r"] == 4 and sorted(adapter["target_modules"]) == ["q_proj", "v_proj"]
+
+
+def test_a_4bit_peer_loads_on_the_gpu_scores_and_is_released(tiny_llama, tokenizer, demo_dataset, tmp_path):
+    from conftest import build_tiny_llama
+
+    peer = build_tiny_llama(tmp_path / "peer", tokenizer, seed=1, hidden_size=128, layers=2)
+    args = SelectiveSFTConfig(
+        output_dir=str(tmp_path / "out"), report_to="none", disable_tqdm=True, selection_num_prompts=3,
+        selection_ratio=0.25, selection_peer_models=[peer], model_init_kwargs={"dtype": torch.bfloat16},
+    )
+    trainer = SelectiveSFTTrainer(model=tiny_llama, args=args, train_dataset=demo_dataset(16))
+    assert trainer.model.device.type == "cuda"
+    rater = trainer._peer_rater(args.peer_specs()[0])
+    loaded = rater.load()
+    assert loaded.get_input_embeddings().weight.device.type == "cuda"
+    assert loaded.config.quantization_config.load_in_4bit
+    del loaded
+    before = torch.cuda.memory_allocated()
+    result = trainer.select()
+    assert [m["id"] for m in result.summary["models"]] == [tiny_llama, peer]
+    assert result.summary["scored_this_run"] == {tiny_llama: 16, peer: 16}
+    assert np.isfinite(result.scores).all()
+    assert torch.cuda.memory_allocated() <= before + 2**20  # the peer is gone once it has scored
