@@ -35,10 +35,9 @@ $(VENV)/.installed-test: $(VENV)/.installed
 
 install: $(VENV)/.installed
 
-# --overwrite: the demo's output folder is scratch, so a demo after an upgrade replaces the old demo's scores
-# instead of stopping to protect them.
+# A second `make demo` reuses the scores in outputs/quickstart/selection/store and only trains again.
 demo: $(VENV)/.installed
-	$(RUN_ENV) $(VENV)/bin/selectit-trl train --config recipes/quickstart.yaml --overwrite
+	$(RUN_ENV) $(VENV)/bin/selectit-trl train --config recipes/quickstart.yaml
 	@echo "Adapter, scores and report are in outputs/quickstart/"
 
 # ALLOW_NO_TESTS=1 turns pytest's "no tests collected" (exit 5) into success; CI sets it.
