@@ -16,12 +16,13 @@ from transformers import (
     PreTrainedModel,
     TrainerCallback,
 )
+from transformers.integrations import is_deepspeed_zero3_enabled
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 from trl import SFTTrainer
 
 from . import formats
 from .config import SelectiveSFTConfig
-from .errors import DatasetError
+from .errors import DatasetError, SelectionConfigError, StoredSelectionMismatch
 from .models import (
     EMBEDDED_MODEL_ID,
     check_model_source,
@@ -201,21 +202,33 @@ class SelectiveSFTTrainer(SFTTrainer):
         # process writes scores.jsonl and summary.json.
         state = self.accelerator.state
         main = self.accelerator.is_main_process
+        # ZeRO-3 splits every weight between the processes, so none of them can run a forward pass on its own
+        # share of the batches: with it, the probabilities must already be in the store.
+        zero3 = is_deepspeed_zero3_enabled()
         with scoring_mode(self.model):
             raters = [self._base_rater(), *(self._peer_rater(p) for p in self.args.peer_specs())]
-            self.selection_result = run_selection(
-                self.rating_samples,
-                raters,
-                self.args,
-                self.args.output_dir,
-                allow_scoring=not resuming,
-                expected_indices_sha256=expected_indices_sha256,
-                write=main,
-                progress=main and not self.args.disable_tqdm,
-                dataset_format=self.dataset_format,
-                shard=(state.process_index, state.num_processes),
-                barrier=self.accelerator.wait_for_everyone,
-            )
+            try:
+                self.selection_result = run_selection(
+                    self.rating_samples,
+                    raters,
+                    self.args,
+                    self.args.output_dir,
+                    allow_scoring=not resuming and not zero3,
+                    expected_indices_sha256=expected_indices_sha256,
+                    write=main,
+                    progress=main and not self.args.disable_tqdm,
+                    dataset_format=self.dataset_format,
+                    shard=(state.process_index, state.num_processes),
+                    barrier=self.accelerator.wait_for_everyone,
+                )
+            except StoredSelectionMismatch:
+                if zero3 and not resuming:
+                    raise SelectionConfigError(
+                        "DeepSpeed ZeRO-3 splits the weights between processes, so selection cannot score under it. "
+                        "Score first without ZeRO-3 (`selectit-trl score --config ...`, in one process or under DDP), "
+                        "then train with ZeRO-3: the stored probabilities are reused and no forward pass runs."
+                    ) from None
+                raise
         self.accelerator.wait_for_everyone()  # the files are written before any process goes on
         result = self.selection_result
         logger.info("SelectIT kept %d of %d samples (%s).", len(result.selected_indices), len(self.rating_samples), result.path)
