@@ -29,6 +29,10 @@ class ModelSourceError(SelectITError, ValueError):
     """A model that cannot or must not be loaded: a local path that does not exist, or pickle weights."""
 
 
+class StoreBusy(SelectITError, RuntimeError):
+    """Another run is writing the same file of the score store: two runs share one output_dir."""
+
+
 class StoredSelectionMismatch(SelectITError, RuntimeError):
     """A run resumed from a checkpoint would need new scores, or would select another subset than it trained on."""
 

@@ -22,6 +22,7 @@ not hold a complete record, and the owner cuts a torn tail off before it appends
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import math
@@ -30,6 +31,7 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
+from .errors import StoreBusy
 from .store import selection_dir
 
 logger = logging.getLogger(__name__)
@@ -43,38 +45,67 @@ def store_dir(output_dir) -> Path:
 
 
 def _valid(record) -> bool:
-    if not isinstance(record, dict) or not all(isinstance(record.get(f), (str, list)) for f in RECORD_FIELDS):
+    if not isinstance(record, dict) or not isinstance(record.get("model"), str) or not isinstance(record.get("tokens"), str):
         return False
-    probs = record["probs"]
+    probs = record.get("probs")
     return (
-        bool(probs)
-        and all(isinstance(row, list) and len(row) == len(probs[0]) and row for row in probs)
-        and all(isinstance(p, (int, float)) and math.isfinite(p) and 0.0 <= p <= 1.0 for row in probs for p in row)
+        isinstance(probs, list)
+        and bool(probs)
+        and all(isinstance(row, list) and row and len(row) == len(probs[0]) for row in probs)
+        and all(
+            type(p) in (int, float) and math.isfinite(p) and 0.0 <= p <= 1.0  # type(): bool is not a probability
+            for row in probs for p in row
+        )
     )
 
 
-def read_store(output_dir) -> dict[tuple[str, str], dict]:
-    """Every complete record in the store, by (model fingerprint, token hash); a later record replaces an earlier."""
-    folder = store_dir(output_dir)
-    found: dict[tuple[str, str], dict] = {}
+def _records(path: Path):
+    """The records of one store file, and how many of its lines were dropped. Read line by line; a last line
+    without its newline is torn even when it parses, as the owning writer will cut it off."""
     dropped = 0
-    for path in sorted(folder.glob("*.jsonl")) if folder.is_dir() else []:
-        with open(path, "rb") as handle:
-            data = handle.read()
-        for raw in data.split(b"\n"):
+    with open(path, "rb") as handle:
+        for raw in handle:
+            if not raw.endswith(b"\n"):
+                dropped += bool(raw.strip())
+                break
             if not raw.strip():
                 continue
             try:
                 record = json.loads(raw)
-            except (UnicodeDecodeError, json.JSONDecodeError):
+            except (UnicodeDecodeError, ValueError, RecursionError):
                 record = None
-            if not _valid(record):
-                dropped += 1  # a line torn by a kill in mid-write, or damaged since: never trusted
-                continue
-            found[(record["model"], record["tokens"])] = record
+            try:
+                valid = _valid(record)
+            except (OverflowError, RecursionError, TypeError):
+                valid = False
+            if valid:
+                yield record, 0
+            else:
+                dropped += 1  # damaged since it was written: never trusted
     if dropped:
-        logger.warning("Dropped %d incomplete or damaged line(s) of the score store in %s; those samples are scored "
-                       "again.", dropped, folder)
+        yield None, dropped
+
+
+def read_store(output_dir, wanted: set[tuple[str, str]] | None = None) -> dict[tuple[str, str], dict]:
+    """The complete records in the store, by (model fingerprint, token hash); a later record replaces an earlier.
+
+    With `wanted`, only those keys are kept, so that the records of other models and prompts stored over time
+    do not fill memory.
+    """
+    folder = store_dir(output_dir)
+    found: dict[tuple[str, str], dict] = {}
+    dropped = 0
+    for path in sorted(folder.glob("*.jsonl")) if folder.is_dir() else []:
+        for record, bad in _records(path):
+            if record is None:
+                dropped += bad
+                continue
+            key = (record["model"], record["tokens"])
+            if wanted is None or key in wanted:
+                found[key] = record
+    if dropped:
+        logger.warning("Dropped %d incomplete or damaged line(s) of the score store in %s; the samples they held are "
+                       "scored again.", dropped, folder)
     return found
 
 
@@ -83,10 +114,19 @@ def set_aside(output_dir) -> Path | None:
     folder = store_dir(output_dir)
     if not folder.is_dir():
         return None
-    target = folder.with_name(f"{STORE_DIR}.replaced-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
+    target = folder.with_name(f"{STORE_DIR}.replaced-{time.strftime('%Y%m%d-%H%M%S')}-{time.time_ns() % 10**9:09d}")
     folder.rename(target)
+    _fsync_directory(folder.parent)
     logger.warning("selection_overwrite: the score store was moved to %s; scoring everything again.", target)
     return target
+
+
+def _fsync_directory(folder: Path) -> None:
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
 
 
 class StoreWriter:
@@ -95,8 +135,20 @@ class StoreWriter:
     def __init__(self, output_dir, rank: int = 0):
         self.path = store_dir(output_dir) / f"rank{rank}.jsonl"
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._cut_torn_tail()
+        created = not self.path.exists()
         self._handle = open(self.path, "ab")
+        try:
+            # One writer per file: a second job scoring into the same output_dir would interleave with this one.
+            fcntl.flock(self._handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._handle.close()
+            raise StoreBusy(
+                f"{self.path} is being written by another process: two runs share this output_dir. Wait for the "
+                "other run, or give this one another output_dir."
+            ) from None
+        self._cut_torn_tail()
+        if created:
+            _fsync_directory(self.path.parent)  # so that the new file itself survives a power loss
 
     def _cut_torn_tail(self) -> None:
         """Cut a last line without its newline (a kill in mid-write), so that the next line starts clean."""
@@ -131,7 +183,7 @@ class StoreWriter:
         os.fsync(self._handle.fileno())
 
     def close(self) -> None:
-        self._handle.close()
+        self._handle.close()  # also releases the lock
 
     def __enter__(self) -> StoreWriter:
         return self

@@ -275,9 +275,10 @@ def iter_score_batches(
     """Score samples batch by batch, yielding `(sample indices, probs [n, K, S])` as each batch finishes.
 
     Batches are planned over all of `requests` first, and only then are finished batches skipped and the rest
-    shared out between processes. A sample is therefore always scored in the same batch, with the same
-    padding, whether the run is the first, a resumed one, or one of several processes, and its
-    probabilities come out bit for bit the same.
+    shared out between processes. A sample is therefore scored in the same batch, with the same padding,
+    whether the run is the first, one resumed after an interruption, or one of several processes, and its
+    probabilities come out bit for bit the same. Only when the unfinished samples are scattered over the plan,
+    so that it would run more than twice as many samples as are missing, are they planned on their own.
 
     Args:
         requests: for each sample, its prefix and K suffixes. A sample's K requests always share a batch.
@@ -330,6 +331,12 @@ def iter_score_batches(
         return deque([items[j] for j in batch] for batch in plan_batches([widths[i] for i in items], budget, rows_per_item))
 
     batches = [b for b in plan(list(range(len(requests))), max_batch_tokens) if done is None or not all(done[i] for i in b)]
+    missing = [i for i in range(len(requests)) if done is None or not done[i]]
+    if sum(len(b) for b in batches) > 2 * len(missing):
+        # The missing samples are scattered (rows added to a finished run, say), so the full plan would rerun
+        # whole batches for a few new samples each: plan the missing ones alone. An interrupted run is missing
+        # whole batches of the full plan and keeps it, and with it the same numbers.
+        batches = list(plan(missing, max_batch_tokens))
     rank, world = shard
     owners = share_batches([len(b) * rows_per_item * max(widths[i] for i in b) for b in batches], world)
     pending = deque(b for b, owner in zip(batches, owners) if owner == rank)

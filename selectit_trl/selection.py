@@ -185,13 +185,13 @@ def _score_into_store(rater: Rater, have, copy_of, content, prompt_set, keys, re
         raise NonFiniteScoresError(
             f"{rater.model_id} gave row {row} NaN or infinite rating probabilities: its logits overflowed or its "
             "weights hold NaN. Score in bf16 or fp32 rather than fp16, or check the weights. The rows scored before "
-            f"it are kept in {probability_store.store_dir(output_dir)}; nothing else was written.",
+            f"it are kept in {probability_store.store_dir(output_dir)}; scores.jsonl and summary.json are unchanged.",
             sample_index=row,
         ) from None
     except KeyboardInterrupt:
         logger.warning(
             "Scoring with %s stopped: %d sample(s) of this run are saved in %s, with %d stored before. Run the same "
-            "command again to resume; nothing stored is scored again.",
+            "command again (without --overwrite) to resume from there.",
             rater.model_id, written, probability_store.store_dir(output_dir), int(have.sum()),
         )
         raise
@@ -225,6 +225,7 @@ def run_selection(
     dataset_format: str | None = None,
     shard: tuple[int, int] = (0, 1),
     barrier: Callable[[], None] = lambda: None,
+    overwrite: bool | None = None,
 ) -> SelectionResult:
     """Score with each rater in turn, combine, select, and write `OUTPUT_DIR/selection/`.
 
@@ -245,6 +246,8 @@ def run_selection(
         shard: (rank, number of processes). Each process scores its share of the batches into its own file
             of the store; `barrier` waits for all of them before the store is read back and the selection made,
             the same in every process.
+        overwrite: set the store aside and score everything; by default `config.selection_overwrite`. The
+            trainer passes it once only, so that `select()` then `train()` does not score twice.
     """
     check_keeps_rows(len(samples), config)
     empty = empty_responses(samples, config.selection_strict)
@@ -310,11 +313,14 @@ def run_selection(
     }
 
     rank, world = shard
-    if config.selection_overwrite and allow_scoring:
+    if overwrite is None:
+        overwrite = config.selection_overwrite
+    if overwrite and allow_scoring:
         if rank == 0:
             probability_store.set_aside(output_dir)
         barrier()
-    stored = probability_store.read_store(output_dir)
+    wanted = {(r.fingerprint, key) for r in raters for key in keys[r.model_id]}
+    stored = probability_store.read_store(output_dir, wanted)
     barrier()  # every process has read the same store before any appends to it, so they plan the same batches
     scored_now: dict[str, int] = {}
     scoring_seconds: dict[str, float] = {}
@@ -338,7 +344,7 @@ def run_selection(
             _free_memory()
     if scored_now:
         barrier()  # every process's share is in the store before anyone reads it back
-        stored = probability_store.read_store(output_dir)
+        stored = probability_store.read_store(output_dir, wanted)
     else:
         logger.info("Every probability came from the score store in %s.", probability_store.store_dir(output_dir))
     probs_by_model = {}

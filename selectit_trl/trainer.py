@@ -134,6 +134,7 @@ class SelectiveSFTTrainer(SFTTrainer):
         conversational = bool(getattr(processing_class, "chat_template", None))
         self._selection_pool = formats.training_dataset(train_dataset, conversational, fmt)
         self.selection_result: SelectionResult | None = None
+        self._store_set_aside = False  # selection_overwrite applies to this trainer's first selection only
 
         super().__init__(model=model, args=args, train_dataset=self._selection_pool, processing_class=processing_class, **kwargs)
         self.add_callback(_RecordSelectionInCheckpoints(self))
@@ -161,28 +162,30 @@ class SelectiveSFTTrainer(SFTTrainer):
         """A peer, loaded only when its turn comes: in 4-bit NF4 unless its entry says otherwise."""
         remote = self.args.trust_remote_code
         init_kwargs = {"use_safetensors": True, **(self.args.model_init_kwargs or {})}
-        for tuned_only in ("revision", "dtype", "quantization_config", "device_map"):
+        for tuned_only in ("revision", "dtype", "torch_dtype", "quantization_config", "device_map", "attn_implementation"):
             init_kwargs.pop(tuned_only, None)  # the tuned model's settings mean nothing for another repository
         init_kwargs["trust_remote_code"] = remote
         if peer.revision:
             init_kwargs["revision"] = peer.revision
         device = self.model.get_input_embeddings().weight.device
+        # Loaded straight onto the scoring device (quantised as it loads, for 4-bit), not through host memory.
+        init_kwargs["device_map"] = {"": str(device)}
         if peer.load_in_4bit:
-            compute = getattr(torch, peer.dtype) if peer.dtype not in (None, "auto") else torch.bfloat16
+            if peer.dtype not in (None, "auto"):
+                compute = getattr(torch, peer.dtype)
+            else:  # bf16, except on GPUs without it (T4, V100)
+                compute = torch.float16 if device.type == "cuda" and not torch.cuda.is_bf16_supported() else torch.bfloat16
             init_kwargs["quantization_config"] = BitsAndBytesConfig(
                 load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute, bnb_4bit_use_double_quant=True
             )
             init_kwargs["dtype"] = compute
-            init_kwargs["device_map"] = {"": str(device)}  # quantised as it loads, on the scoring device
         else:
-            init_kwargs["dtype"] = peer.dtype or self.model.dtype
+            # A torch.dtype either way, so that the same load always gives the same fingerprint.
+            init_kwargs["dtype"] = getattr(torch, peer.dtype) if peer.dtype not in (None, "auto") else self.model.dtype
         config = AutoConfig.from_pretrained(peer.model, revision=peer.revision, trust_remote_code=remote)
 
         def load():
-            loaded = AutoModelForCausalLM.from_pretrained(peer.model, **init_kwargs)
-            if not peer.load_in_4bit:
-                loaded.to(device)
-            return loaded.eval()
+            return AutoModelForCausalLM.from_pretrained(peer.model, **init_kwargs).eval()
 
         fingerprint = model_fingerprint(config, peer.model, init_kwargs["dtype"], init_kwargs.get("quantization_config"))
         tokenizer = AutoTokenizer.from_pretrained(peer.model, revision=peer.revision, trust_remote_code=remote)
@@ -220,7 +223,9 @@ class SelectiveSFTTrainer(SFTTrainer):
                     dataset_format=self.dataset_format,
                     shard=(state.process_index, state.num_processes),
                     barrier=self.accelerator.wait_for_everyone,
+                    overwrite=self.args.selection_overwrite and not self._store_set_aside,
                 )
+                self._store_set_aside = True
             except StoredSelectionMismatch:
                 if zero3 and not resuming:
                     raise SelectionConfigError(

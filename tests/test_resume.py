@@ -109,7 +109,7 @@ def test_sigint_stops_cleanly_says_how_to_resume_and_resumes(tmp_path, data, uni
     stopped = interrupt_half_way(args, out, signal.SIGINT)
     stderr = stopped.stderr.read()
     assert stopped.returncode == 130, stderr[-3000:]
-    assert "interrupted" in stderr and "Run the same command again to resume" in stderr
+    assert "interrupted" in stderr and "Run the same command again (without --overwrite) to resume" in stderr
     lines = store_lines(out)
     assert lines[-1] == b"", "SIGINT left a torn line"  # everything written is whole
     stored = complete_records(out)

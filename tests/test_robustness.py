@@ -265,3 +265,75 @@ def test_a_garbled_summary_is_replaced_from_the_store(tiny_llama, demo_dataset, 
     again = make_trainer(tiny_llama, dataset, tmp_path).select()
     assert again.reused and again.scores.tolist() == clean.scores.tolist()
     assert read_summary(tmp_path)["counts"] == {"total": 6, "selected": 1}
+
+
+def test_a_whole_last_record_without_its_newline_is_not_trusted_and_scored_again(tiny_llama, demo_dataset, tmp_path):
+    """A kill between a record's last byte and its newline: readers and the writer must agree to drop it."""
+    dataset = demo_dataset(6)
+    clean = make_trainer(tiny_llama, dataset, tmp_path).select()
+    store = tmp_path / "selection" / "store" / "rank0.jsonl"
+    store.write_bytes(store.read_bytes()[:-1])
+    again = make_trainer(tiny_llama, dataset, tmp_path).select()
+    assert again.summary["scored_this_run"] == {tiny_llama: 1}
+    assert again.scores.tolist() == clean.scores.tolist()
+    assert store.read_bytes().endswith(b"\n") and len(store.read_text().splitlines()) == 6
+
+
+def test_damaged_records_that_parse_are_dropped_not_fatal(tmp_path):
+    from selectit_trl.probability_store import read_store
+
+    folder = tmp_path / "selection" / "store"
+    folder.mkdir(parents=True)
+    good = {"model": "m", "tokens": "t0", "probs": [[0.5, 0.25]]}
+    damaged = [
+        {"model": ["m"], "tokens": "t1", "probs": [[0.5, 0.25]]},  # an unhashable key
+        {"model": "m", "tokens": "t2", "probs": [[10**400, 0.25]]},  # a number too large for a float
+        {"model": "m", "tokens": "t3", "probs": [[True, 0.25]]},  # a boolean is no probability
+        {"model": "m", "tokens": "t4", "probs": [[0.5], [0.5, 0.5]]},  # ragged
+    ]
+    lines = [json.dumps(good)] + [json.dumps(r) for r in damaged] + ["[" * 100_000]
+    (folder / "rank0.jsonl").write_text("\n".join(lines) + "\n")
+    assert list(read_store(tmp_path)) == [("m", "t0")]
+
+
+def test_scattered_missing_samples_are_planned_alone_and_whole_missing_batches_keep_the_plan(tiny_llama, tokenizer, demo_rows):
+    from selectit_trl.scoring import iter_score_batches
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32).eval()
+    samples = [RatingSample(r["instruction"], r["output"]) for r in demo_rows[:24]]
+    requests = build_requests(samples, load_prompts(2, 5), tokenizer)
+    ids, pad = score_token_ids(tokenizer, 5), tokenizer.pad_token_id
+
+    def run(done):
+        return [b for b, _ in iter_score_batches(model, requests, ids, pad, max_batch_tokens=1000, progress=False, done=done)]
+
+    full = run(None)
+    assert len(full) > 2 and max(len(b) for b in full) > 2
+    scattered = np.ones(24, dtype=bool)
+    scattered[[full[0][0], full[-1][0]]] = False  # one new row in each of two batches
+    assert sorted(i for b in run(scattered) for i in b) == sorted([full[0][0], full[-1][0]])
+    interrupted = np.zeros(24, dtype=bool)
+    for batch in full[:2]:
+        interrupted[batch] = True  # the first two batches were stored before a kill
+    assert run(interrupted) == full[2:]
+
+
+def test_two_writers_on_one_store_file_are_refused(tmp_path):
+    from selectit_trl.errors import StoreBusy
+    from selectit_trl.probability_store import StoreWriter
+
+    with StoreWriter(tmp_path):
+        with pytest.raises(StoreBusy, match="two runs share this output_dir"):
+            StoreWriter(tmp_path)
+    with StoreWriter(tmp_path) as writer:  # released with the first
+        writer.append([{"model": "m", "tokens": "t", "probs": [[0.5, 0.5]]}])
+
+
+def test_overwrite_sets_the_store_aside_once_for_select_then_train(tiny_llama, demo_dataset, tmp_path):
+    dataset = demo_dataset(8)
+    make_trainer(tiny_llama, dataset, tmp_path).select()
+    trainer = make_trainer(tiny_llama, dataset, tmp_path, selection_overwrite=True)
+    assert trainer.select().summary["scored_this_run"] == {tiny_llama: 8}
+    trainer.train()
+    assert trainer.selection_result.reused  # train() reuses what select() just scored
+    assert len(list((tmp_path / "selection").glob("store.replaced-*"))) == 1
