@@ -31,6 +31,8 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from bench_scoring import data_dir  # noqa: E402  (benchmarks/ is the script's folder)
+
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 SHAPES = {  # random Llamas with the embedded tokenizer's vocabulary
@@ -40,7 +42,7 @@ SHAPES = {  # random Llamas with the embedded tokenizer's vocabulary
 
 
 def data_file() -> Path:
-    return Path(os.environ.get("SELECTIT_TRL_DATA", REPO.parent / "shared" / "data")) / "alpaca_subsets" / "llamafactory_alpaca_en_demo.json"
+    return data_dir() / "alpaca_subsets" / "llamafactory_alpaca_en_demo.json"
 
 
 def build(shape: str, folder: Path) -> str:

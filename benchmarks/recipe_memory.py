@@ -34,7 +34,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
-from bench_scoring import RANDOM_MODELS, build_random_model  # noqa: E402  (benchmarks/ is the script's folder)
+from bench_scoring import RANDOM_MODELS, build_random_model, data_dir  # noqa: E402  (benchmarks/ is the script's folder)
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
@@ -44,10 +44,6 @@ RECIPES = {
     "alma": REPO / "recipes" / "alma" / "alma-7b_qlora.yaml",
 }
 GIB = 2**30
-
-
-def data_dir() -> Path:
-    return Path(os.environ.get("SELECTIT_TRL_DATA", REPO.parent / "shared" / "data"))
 
 
 def write_rows(kind: str, rows: int, folder: Path) -> tuple[Path, int]:

@@ -111,9 +111,8 @@ class SelectiveSFTConfig(SFTConfig):
     selection_overwrite: bool = field(
         default=False,
         metadata={
-            "help": "Replace a selection stored in output_dir that was scored from other data, prompts or models. "
-            "Without it such a run stops, so that hours of scores are never thrown away by mistake. The CLI also "
-            "takes --overwrite."
+            "help": "Score everything again instead of reusing the score store in output_dir. The old store is moved "
+            "aside to selection/store.replaced-<time>-<ns>/, not deleted. The CLI also takes --overwrite."
         },
     )
     selection_dataset_format: str | None = field(
@@ -141,8 +140,7 @@ class SelectiveSFTConfig(SFTConfig):
              "selection_max_batch_tokens must be >= 1"),
             (self.selection_dataset_format in (None, *FORMATS), f"selection_dataset_format must be one of {FORMATS}"),
         ]
-        peers = [parse_peer(entry) for entry in self.selection_peer_models or []]  # raises on a malformed entry
-        ids = [peer.model_id for peer in peers]
+        ids = [peer.model_id for peer in self.peer_specs()]  # raises on a malformed entry
         checks.append((len(set(ids)) == len(ids), f"selection_peer_models names a model twice: {ids}"))
         if self.selection_model_weights is not None:
             models = 1 + len(self.selection_peer_models or [])

@@ -325,8 +325,14 @@ def run_selection(
     scored_now: dict[str, int] = {}
     scoring_seconds: dict[str, float] = {}
     shape = (len(prompts.requests), config.selection_score_max)
+
+    def found_in(stored: dict) -> dict[str, list]:
+        """Each model's stored probabilities per unique sample, None where the store has none."""
+        return {r.model_id: [_lookup(stored, r.fingerprint, key, shape) for key in keys[r.model_id]] for r in raters}
+
+    found = found_in(stored)
     for rater in raters:
-        have = np.array([_lookup(stored, rater.fingerprint, key, shape) is not None for key in keys[rater.model_id]])
+        have = np.array([probs is not None for probs in found[rater.model_id]])
         if have.all():
             continue
         if not allow_scoring:
@@ -344,23 +350,21 @@ def run_selection(
             _free_memory()
     if scored_now:
         barrier()  # every process's share is in the store before anyone reads it back
-        stored = probability_store.read_store(output_dir, wanted)
+        found = found_in(probability_store.read_store(output_dir, wanted))
     else:
         logger.info("Every probability came from the score store in %s.", probability_store.store_dir(output_dir))
     probs_by_model = {}
     for rater in raters:
-        found = [_lookup(stored, rater.fingerprint, key, shape) for key in keys[rater.model_id]]
-        missing = [j for j, probs in enumerate(found) if probs is None]
+        missing = [j for j, probs in enumerate(found[rater.model_id]) if probs is None]
         if missing:
             raise StoredSelectionMismatch(
                 f"{len(missing)} sample(s) of {rater.model_id} are missing from the score store after scoring, "
                 f"the first being row {int(np.flatnonzero(copy_of == missing[0])[0])}. Did another process fail?"
             )
-        probs_by_model[rater.model_id] = np.stack(found)[copy_of]
+        probs_by_model[rater.model_id] = np.stack(found[rater.model_id])[copy_of]
 
     parameter_counts = {r.model_id: r.num_parameters for r in raters}
     weights = reflection.model_weights(parameter_counts, config.selection_model_weights)
-    probs_by_model = {m: probs_by_model[m] for m in model_ids}
     token_by_model, sentence_by_model, scores = reflection.score_samples(
         probs_by_model, weights, config.selection_normalization, config.selection_alpha
     )
