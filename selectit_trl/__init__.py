@@ -1,9 +1,25 @@
 """selectit-trl: SelectIT data selection as one step of TRL supervised fine-tuning."""
 
-from .config import SelectiveSFTConfig
-from .errors import SelectITError
-from .models import embedded_model_path
-from .trainer import SelectiveSFTTrainer
+import importlib
 
-__all__ = ["SelectITError", "SelectiveSFTConfig", "SelectiveSFTTrainer", "embedded_model_path"]
+# Imported on first use, so that `selectit-trl report` and other torch-free parts start without loading torch,
+# transformers and TRL (several seconds).
+_EXPORTS = {
+    "SelectiveSFTConfig": ".config",
+    "SelectITError": ".errors",
+    "embedded_model_path": ".models",
+    "SelectiveSFTTrainer": ".trainer",
+}
+
+__all__ = sorted(_EXPORTS)
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])

@@ -1,4 +1,4 @@
-"""The `selectit-trl` command: `score`, `train` and `report`.
+"""The `selectit-trl` command: `score`, `train`, `probe` and `report`.
 
 YAML recipes use TRL's flat keys (`ModelConfig`, `SFTConfig`, `ScriptArguments`) plus the `selection_*` keys;
 command-line flags override the file. TRL's own `trl sft` cannot be used for this: it hands keys it does not
@@ -13,11 +13,12 @@ import sys
 
 from .errors import SelectionConfigError, SelectITError
 
-USAGE = """usage: selectit-trl {score,train,report} ...
+USAGE = """usage: selectit-trl {score,train,probe,report} ...
 
   selectit-trl score --config RECIPE.yaml [--key value ...]   rate the training data, write OUTPUT_DIR/selection/
   selectit-trl train --config RECIPE.yaml [--key value ...]   select (or reuse the selection), then train
-  selectit-trl report OUTPUT_DIR                               summarise a finished selection
+  selectit-trl probe --config RECIPE.yaml [--key value ...]   check that the scorer tells good pairs from bad (AUROC)
+  selectit-trl report OUTPUT_DIR                               report and plots of a finished selection
 """
 
 
@@ -75,11 +76,43 @@ def build_trainer(script_args, training_args, model_args, data_args=None):
     )
 
 
+def _show_progress_messages() -> None:
+    """Our INFO messages (the probe's result, reused scores) on stderr, unless the user set up logging."""
+    import logging
+
+    package = logging.getLogger("selectit_trl")
+    if not package.handlers and not logging.getLogger().handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("selectit-trl: %(message)s"))
+        package.addHandler(handler)
+        package.setLevel(logging.INFO)
+
+
+def _print_probe(result: dict, output_dir) -> None:
+    from .probe import PROBE_FILE
+    from .store import selection_dir
+
+    width = max(len(m) for m in result["auroc"])
+    print(f"Signal probe: {result['pairs']} real pairs against {result['pairs']} mismatched ones (0.5 is chance).")
+    for model, value in result["auroc"].items():
+        print(f"  {model:<{width}}  AUROC {value:.3f}")
+    if result["below_threshold"]:
+        print(f"Below {result['threshold']}: these scores barely tell good pairs from bad ones on this data. "
+              "A larger peer model (selection_peer_models) usually carries far more signal.")
+    print(f"Per-pair scores: {selection_dir(output_dir) / PROBE_FILE}")
+
+
 def run(command: str, argv: list[str]) -> int:
     from .report import write_report
 
+    _show_progress_messages()
     script_args, training_args, model_args, data_args = parse_args(argv)
     trainer = build_trainer(script_args, training_args, model_args, data_args)
+    if command == "probe":
+        result = trainer.probe()
+        if trainer.accelerator.is_main_process:
+            _print_probe(result, training_args.output_dir)
+        return 0
     if command == "score":
         result = trainer.select()
     else:
@@ -87,9 +120,8 @@ def run(command: str, argv: list[str]) -> int:
         trainer.save_model(training_args.output_dir)
         result = trainer.selection_result
     if trainer.accelerator.is_main_process:
-        write_report(training_args.output_dir)
-        counts = result.summary["counts"]
-        print(f"SelectIT kept {counts['selected']} of {counts['total']} samples. Scores: {result.path}")
+        print(write_report(training_args.output_dir), end="")
+        print(f"Scores: {result.path}")
         if command == "train":
             print(f"Adapter and model card: {training_args.output_dir}")
     return 0
@@ -106,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
             from .report import main as report_main
 
             return report_main(rest)
-        if command in ("score", "train"):
+        if command in ("score", "train", "probe"):
             return run(command, rest)
     except (SelectITError, ValueError, FileNotFoundError) as error:
         # A user's mistake: one line that says what to fix, not a traceback.

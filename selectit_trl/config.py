@@ -119,6 +119,22 @@ class SelectiveSFTConfig(SFTConfig):
         default=None,
         metadata={"help": "Row format of the dataset; detected from its columns when unset.", "choices": [None, *FORMATS]},
     )
+    selection_probe: bool = field(
+        default=True,
+        metadata={
+            "help": "Before the full scoring, score selection_probe_size rows and as many mismatched pairs (each "
+            "instruction with another row's response), and report how well the scores tell them apart (AUROC). Its "
+            "scores are stored, so the full run does not score those rows again."
+        },
+    )
+    selection_probe_size: int = field(
+        default=64,
+        metadata={"help": "Rows in the signal probe; it scores twice as many samples per model."},
+    )
+    selection_probe_threshold: float = field(
+        default=0.6,
+        metadata={"help": "Warn when the probe's combined AUROC (clean against mismatched) falls below this."},
+    )
 
     def __post_init__(self):
         if self.bf16 is None and not self.fp16:
@@ -138,6 +154,8 @@ class SelectiveSFTConfig(SFTConfig):
             (self.selection_prompt_layout in LAYOUTS, f"selection_prompt_layout must be one of {LAYOUTS}"),
             (self.selection_max_batch_tokens is None or self.selection_max_batch_tokens >= 1,
              "selection_max_batch_tokens must be >= 1"),
+            (self.selection_probe_size >= 2, "selection_probe_size must be >= 2"),
+            (0 <= self.selection_probe_threshold <= 1, "selection_probe_threshold must be in [0, 1]"),
             (self.selection_dataset_format in (None, *FORMATS), f"selection_dataset_format must be one of {FORMATS}"),
         ]
         ids = [peer.model_id for peer in self.peer_specs()]  # raises on a malformed entry

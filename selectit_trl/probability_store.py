@@ -28,6 +28,7 @@ import logging
 import math
 import os
 import time
+from collections import defaultdict
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -119,6 +120,51 @@ def set_aside(output_dir) -> Path | None:
     _fsync_directory(folder.parent)
     logger.warning("selection_overwrite: the score store was moved to %s; scoring everything again.", target)
     return target
+
+
+class StoreFollower:
+    """Follows the other processes' files of the store, to count the records they add (for rank 0's progress bar).
+
+    Made before any process starts appending: it starts from the end of each file's last complete line, which is
+    where the owner appends next, even after cutting a torn tail off.
+    """
+
+    def __init__(self, output_dir, own_rank: int):
+        self.folder = store_dir(output_dir)
+        self.own_file = f"rank{own_rank}.jsonl"
+        self.offsets = {path.name: self._complete_size(path) for path in self._files()}
+        self.backlog: dict[str, list[str]] = defaultdict(list)
+
+    def _files(self) -> list[Path]:
+        return [p for p in sorted(self.folder.glob("*.jsonl")) if p.name != self.own_file] if self.folder.is_dir() else []
+
+    @staticmethod
+    def _complete_size(path: Path) -> int:
+        data = path.read_bytes()
+        return data.rfind(b"\n") + 1
+
+    def _poll(self) -> None:
+        for path in self._files():
+            offset = self.offsets.get(path.name, 0)
+            try:
+                with open(path, "rb") as handle:
+                    handle.seek(offset)
+                    data = handle.read()
+            except OSError:
+                continue
+            end = data.rfind(b"\n") + 1  # a line still being written is read on a later poll
+            for line in data[:end].splitlines():
+                try:
+                    record = json.loads(line)
+                    self.backlog[record["model"]].append(record["tokens"])
+                except (ValueError, TypeError, KeyError, RecursionError):
+                    continue  # progress only counts; the reader proper decides what is valid
+            self.offsets[path.name] = offset + end
+
+    def take(self, fingerprint: str) -> list[str]:
+        """Token hashes of the records added for this model since the last call."""
+        self._poll()
+        return self.backlog.pop(fingerprint, [])
 
 
 def _fsync_directory(folder: Path) -> None:

@@ -27,9 +27,9 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from .errors import NonFiniteScoresError, ScoringOutOfMemory
+from .progress import ScoringProgress
 
 logger = logging.getLogger(__name__)
 
@@ -266,11 +266,12 @@ def iter_score_batches(
     token_ids: Sequence[int],
     pad_id: int,
     max_batch_tokens: int | None = None,
-    progress: bool = True,
+    progress: bool | ScoringProgress = True,
     desc: str = "Scoring",
     share_prefix: bool = True,
     done: Sequence[bool] | None = None,
     shard: tuple[int, int] = (0, 1),
+    unplanned: Sequence[bool] | None = None,
 ) -> Iterator[tuple[list[int], np.ndarray]]:
     """Score samples batch by batch, yielding `(sample indices, probs [n, K, S])` as each batch finishes.
 
@@ -284,6 +285,8 @@ def iter_score_batches(
         requests: for each sample, its prefix and K suffixes. A sample's K requests always share a batch.
         max_batch_tokens: budget for one forward pass, counted as padded rows x width; by default
             `DEFAULT_MAX_BATCH_TOKENS` for the model's device.
+        progress: draw a progress bar labelled `desc`, or the `ScoringProgress` to report to (which the caller
+            then closes, after waiting for the other processes' shares if it likes).
         share_prefix: compute each sample's prefix once for its K suffixes. Used when the samples have
             prefixes and the model's attention takes a custom mask; checked against whole rows on one sample
             first, and turned off with a warning if the two disagree.
@@ -291,6 +294,8 @@ def iter_score_batches(
             holding some of them runs whole and yields them too.
         shard: (this process's rank, number of processes). Each process runs its own share of the batches,
             balanced by padded tokens; together they run every batch once.
+        unplanned: samples left out of the plan altogether, because they are always scored before this call
+            (the signal probe's rows). Each must also be in `done`.
     """
     if not requests:
         return
@@ -330,8 +335,9 @@ def iter_score_batches(
     def plan(items: list[int], budget: int) -> deque[list[int]]:
         return deque([items[j] for j in batch] for batch in plan_batches([widths[i] for i in items], budget, rows_per_item))
 
-    batches = [b for b in plan(list(range(len(requests))), max_batch_tokens) if done is None or not all(done[i] for i in b)]
-    missing = [i for i in range(len(requests)) if done is None or not done[i]]
+    planned = [i for i in range(len(requests)) if unplanned is None or not unplanned[i]]
+    batches = [b for b in plan(planned, max_batch_tokens) if done is None or not all(done[i] for i in b)]
+    missing = [i for i in planned if done is None or not done[i]]
     if sum(len(b) for b in batches) > 2 * len(missing):
         # The missing samples are scattered (rows added to a finished run, say), so the full plan would rerun
         # whole batches for a few new samples each: plan the missing ones alone. An interrupted run is missing
@@ -340,8 +346,11 @@ def iter_score_batches(
     rank, world = shard
     owners = share_batches([len(b) * rows_per_item * max(widths[i] for i in b) for b in batches], world)
     pending = deque(b for b, owner in zip(batches, owners) if owner == rank)
-    total = sum(len(b) for b in pending)
-    with tqdm(total=total, desc=desc, unit="sample", disable=not progress or not total, dynamic_ncols=True) as bar:
+    # Tokens the model reads per sample (unpadded): the prefix once when it is shared, K times otherwise.
+    sample_tokens = [len(r.prefix) * (1 if shared else k) + sum(len(s) for s in r.suffixes) for r in requests]
+    bar = progress if isinstance(progress, ScoringProgress) else ScoringProgress(desc, enabled=progress)
+    bar.start([i for b in batches for i in b], sample_tokens)
+    try:
         while pending:
             batch = pending.popleft()
             width = max(widths[i] for i in batch)
@@ -374,7 +383,10 @@ def iter_score_batches(
                     sample_index=sample,
                 )
             yield batch, probs
-            bar.update(len(batch))
+            bar.advance(batch)
+    finally:
+        if bar is not progress:
+            bar.close()
 
 
 def score_requests(model, requests: Sequence[SampleRequests], token_ids: Sequence[int], pad_id: int, **options) -> np.ndarray:

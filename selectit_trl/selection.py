@@ -18,13 +18,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import probability_store, reflection, store
+from . import probability_store, probe, reflection, store
 from .errors import (
     NonFiniteScoresError,
     RowFormatError,
     SelectionConfigError,
     StoredSelectionMismatch,
 )
+from .progress import ScoringProgress
 from .prompts import (
     RatingSample,
     build_requests,
@@ -51,6 +52,19 @@ class Rater:
     load: Callable[[], torch.nn.Module]
     release_after_use: bool = False  # a peer is freed before the next model loads
     max_positions: int | None = None  # the context length; longer samples lose their middle
+
+
+@dataclass
+class _Scored:
+    """Every model's probabilities for a list of samples, and what it took to get them."""
+
+    probs_by_model: dict[str, np.ndarray]  # [N, K, S] per model, in sample order
+    truncated: np.ndarray  # [N] bool: cut to fit the context of some model
+    unique: int  # distinct samples among the N
+    keys: dict[str, list[str]]  # model id -> token hash of each distinct sample
+    scored_now: dict[str, int]  # model id -> samples scored by this run (absent: none)
+    seconds: dict[str, float]  # model id -> seconds spent scoring
+    fresh: dict[str, np.ndarray]  # model id -> [N] bool: scored by this run rather than read from the store
 
 
 @dataclass
@@ -154,48 +168,173 @@ def _lookup(stored: dict, fingerprint: str, key: str, shape: tuple[int, int]) ->
     return probs if probs.shape == shape else None
 
 
-def _score_into_store(rater: Rater, have, copy_of, content, prompt_set, keys, requests_of, config, output_dir,
-                      shard, progress) -> float:
-    """Score this process's share of the samples `have` lacks, appending each batch to the store as it finishes.
+class _Scorer:
+    """Finds every model's probabilities for a list of samples in the store, and scores what is missing.
 
-    Returns the seconds spent. A batch that also holds stored samples runs whole (so that every sample is
-    always scored in the same batch), and only its new samples are written.
+    One run (a selection, or a probe and then a selection) shares one scorer: the same models, prompts, store,
+    and share of the work between processes.
     """
-    requests, token_ids, cut = requests_of(rater)
-    model = rater.load()
-    started = time.perf_counter()
-    written = 0
-    try:
-        with probability_store.StoreWriter(output_dir, rank=shard[0]) as writer:
-            batches = iter_score_batches(
-                model, requests, token_ids, _pad_id(rater.tokenizer), max_batch_tokens=config.selection_max_batch_tokens,
-                progress=progress, desc=f"Scoring with {rater.model_id}", done=have, shard=shard,
-            )
-            for batch, probs in batches:
-                new = [(j, p) for j, p in zip(batch, probs) if not have[j]]
-                writer.append(
-                    {"model": rater.fingerprint, "model_id": rater.model_id, "tokens": keys[j], "sample": content[j],
-                     "prompts": prompt_set, "layout": config.selection_prompt_layout, "probs": p.tolist(),
-                     "truncated": bool(cut[j])}
-                    for j, p in new
+
+    def __init__(self, raters: Sequence[Rater], prompts, config, output_dir, allow_scoring: bool,
+                 shard: tuple[int, int], barrier: Callable[[], None], progress: bool):
+        self.raters, self.prompts, self.config, self.output_dir = raters, prompts, config, output_dir
+        self.allow_scoring, self.shard, self.barrier, self.progress = allow_scoring, shard, barrier, progress
+        self.prompt_set = hashlib.sha256(json.dumps(
+            [prompts.preamble, list(prompts.requests), config.selection_score_max], ensure_ascii=False
+        ).encode("utf-8")).hexdigest()
+        self.shape = (len(prompts.requests), config.selection_score_max)
+        for rater in raters:
+            first = score_token_ids(rater.tokenizer, config.selection_score_max)[0]
+            if not rating_token_follows(rater.tokenizer, config.selection_prompt_layout, config.selection_use_chat_template, first):
+                logger.warning(
+                    "With the tokenizer of %s, a rating digit after the request merges with the preceding text into "
+                    "another token, so the model seldom predicts the bare digit there and its ratings carry less "
+                    "signal. Prefer sample_first; keep prompt_first only to reproduce the released scripts' scores.",
+                    rater.model_id,
                 )
-                written += len(new)
-    except NonFiniteScoresError as error:
-        row = int(np.flatnonzero(copy_of == error.sample_index)[0])
-        raise NonFiniteScoresError(
-            f"{rater.model_id} gave row {row} NaN or infinite rating probabilities: its logits overflowed or its "
-            "weights hold NaN. Score in bf16 or fp32 rather than fp16, or check the weights. The rows scored before "
-            f"it are kept in {probability_store.store_dir(output_dir)}; scores.jsonl and summary.json are unchanged.",
-            sample_index=row,
-        ) from None
-    except KeyboardInterrupt:
-        logger.warning(
-            "Scoring with %s stopped: %d sample(s) of this run are saved in %s, with %d stored before. Run the same "
-            "command again (without --overwrite) to resume from there.",
-            rater.model_id, written, probability_store.store_dir(output_dir), int(have.sum()),
+
+    def _requests(self, rater: Rater, unique: Sequence[RatingSample]) -> tuple[list, list[int], list[bool]]:
+        config = self.config
+        token_ids = score_token_ids(rater.tokenizer, config.selection_score_max)
+        requests = build_requests(
+            unique, self.prompts, rater.tokenizer, config.selection_prompt_layout, config.selection_use_chat_template
         )
-        raise
-    return time.perf_counter() - started
+        requests, cut = truncate_middle(requests, rater.max_positions)
+        return requests, token_ids, cut
+
+    def collect(self, samples: Sequence[RatingSample], label: str = "", row_word: str = "row",
+                probed_rows: Sequence[int] = ()) -> _Scored:
+        """Every model's probabilities [N, K, S] for `samples`, from the store where it has them.
+
+        Args:
+            label: put before the progress bars' text ("Probe: ").
+            row_word: what a sample is called in error messages.
+            probed_rows: rows the signal probe has just scored. They are left out of the batch plan, so that no
+                batch runs again for their sake; the probe always runs first, so the plan is the same in every
+                run, resumed or not.
+        """
+        # Identical samples are scored once: `unique` holds the first of each, `copy_of[i]` the position of i's in it.
+        first_row: dict[RatingSample, int] = {}
+        copy_of = np.array([first_row.setdefault(s, len(first_row)) for s in samples])
+        unique = list(first_row)
+
+        # What each model will see, and so the key of its probabilities in the store. The token arrays are dropped
+        # once hashed and rebuilt for the models that must score: with prompt_first they hold K whole requests per
+        # sample (about 200 MB per model on a 50k-row dataset), while tokenizing again takes seconds.
+        content = [sample_hash(s) for s in unique]
+        keys: dict[str, list[str]] = {}  # model id -> token hash of each unique sample
+        truncated = np.zeros(len(unique), dtype=bool)  # cut to fit the context of any model
+        for rater in self.raters:
+            requests, token_ids, cut = self._requests(rater, unique)
+            truncated |= cut
+            keys[rater.model_id] = token_hashes(requests, token_ids)
+            del requests
+
+        rank, world = self.shard
+        wanted = {(r.fingerprint, key) for r in self.raters for key in keys[r.model_id]}
+        stored = probability_store.read_store(self.output_dir, wanted)
+        # Rank 0's progress bars count the other processes' records too; it starts following their files before
+        # any process can append to them.
+        follower = probability_store.StoreFollower(self.output_dir, rank) if world > 1 and self.progress else None
+        self.barrier()  # every process has read the same store before any appends to it, so they plan the same batches
+
+        def found_in(stored: dict) -> dict[str, list]:
+            """Each model's stored probabilities per unique sample, None where the store has none."""
+            return {r.model_id: [_lookup(stored, r.fingerprint, key, self.shape) for key in keys[r.model_id]]
+                    for r in self.raters}
+
+        found = found_in(stored)
+        fresh = {r.model_id: np.array([probs is None for probs in found[r.model_id]]) for r in self.raters}
+        scored_now: dict[str, int] = {}
+        seconds: dict[str, float] = {}
+        for rater in self.raters:
+            have = np.array([probs is not None for probs in found[rater.model_id]])
+            if have.all():
+                continue
+            if not self.allow_scoring:
+                raise StoredSelectionMismatch(
+                    f"The score store in {probability_store.store_dir(self.output_dir)} lacks {int((~have).sum())} "
+                    f"sample(s) for {rater.model_id} under these data, prompts and weights. A resumed run must train "
+                    "on the subset it started with: resume with the original settings, or start a fresh output_dir."
+                )
+            scored_now[rater.model_id] = int((~have).sum())
+            unplanned = np.zeros(len(unique), dtype=bool)
+            unplanned[copy_of[list(probed_rows)]] = True
+            index_of = {key: j for j, key in enumerate(keys[rater.model_id])}
+            progress = ScoringProgress(
+                f"{label}Scoring with {rater.model_id}", enabled=self.progress,
+                finished_elsewhere=(
+                    (lambda fp=rater.fingerprint: [index_of[k] for k in follower.take(fp) if k in index_of])
+                    if follower else None
+                ),
+            )
+            try:
+                seconds[rater.model_id] = self._score_into_store(
+                    rater, unique, have, copy_of, content, keys[rater.model_id], progress, row_word, unplanned & have
+                )
+                progress.wait_for_others()
+            finally:
+                progress.close()
+            if rater.release_after_use:
+                _free_memory()
+        if scored_now:
+            self.barrier()  # every process's share is in the store before anyone reads it back
+            found = found_in(probability_store.read_store(self.output_dir, wanted))
+        probs_by_model = {}
+        for rater in self.raters:
+            missing = [j for j, probs in enumerate(found[rater.model_id]) if probs is None]
+            if missing:
+                raise StoredSelectionMismatch(
+                    f"{len(missing)} sample(s) of {rater.model_id} are missing from the score store after scoring, "
+                    f"the first being {row_word} {int(np.flatnonzero(copy_of == missing[0])[0])}. Did another process fail?"
+                )
+            probs_by_model[rater.model_id] = np.stack(found[rater.model_id])[copy_of]
+        return _Scored(probs_by_model, truncated[copy_of], len(unique), keys, scored_now, seconds,
+                       {m: flags[copy_of] for m, flags in fresh.items()})
+
+    def _score_into_store(self, rater: Rater, unique, have, copy_of, content, keys, progress, row_word, unplanned) -> float:
+        """Score this process's share of the samples `have` lacks, appending each batch to the store as it finishes.
+
+        Returns the seconds spent. A batch that also holds stored samples runs whole (so that every sample is
+        always scored in the same batch), and only its new samples are written.
+        """
+        config, output_dir = self.config, self.output_dir
+        requests, token_ids, cut = self._requests(rater, unique)
+        model = rater.load()
+        started = time.perf_counter()
+        written = 0
+        try:
+            with probability_store.StoreWriter(output_dir, rank=self.shard[0]) as writer:
+                batches = iter_score_batches(
+                    model, requests, token_ids, _pad_id(rater.tokenizer), max_batch_tokens=config.selection_max_batch_tokens,
+                    progress=progress, done=have, shard=self.shard, unplanned=unplanned,
+                )
+                for batch, probs in batches:
+                    new = [(j, p) for j, p in zip(batch, probs) if not have[j]]
+                    writer.append(
+                        {"model": rater.fingerprint, "model_id": rater.model_id, "tokens": keys[j], "sample": content[j],
+                         "prompts": self.prompt_set, "layout": config.selection_prompt_layout, "probs": p.tolist(),
+                         "truncated": bool(cut[j])}
+                        for j, p in new
+                    )
+                    written += len(new)
+        except NonFiniteScoresError as error:
+            row = int(np.flatnonzero(copy_of == error.sample_index)[0])
+            raise NonFiniteScoresError(
+                f"{rater.model_id} gave {row_word} {row} NaN or infinite rating probabilities: its logits overflowed or "
+                "its weights hold NaN. Score in bf16 or fp32 rather than fp16, or check the weights. The samples scored "
+                f"before it are kept in {probability_store.store_dir(output_dir)}; scores.jsonl and summary.json are "
+                "unchanged.",
+                sample_index=row,
+            ) from None
+        except KeyboardInterrupt:
+            logger.warning(
+                "Scoring with %s stopped: %d sample(s) of this run are saved in %s, with %d stored before. Run the same "
+                "command again (without --overwrite) to resume from there.",
+                rater.model_id, written, probability_store.store_dir(output_dir), int(have.sum()),
+            )
+            raise
+        return time.perf_counter() - started
 
 
 def _shorten(text: str, limit: int = 160) -> str:
@@ -256,62 +395,7 @@ def run_selection(
             "%d row(s) have an empty response and will not be kept (first: %s). They are listed in summary.json; "
             "set selection_strict: true to stop on them instead.", len(empty), ", ".join(map(str, empty[:10]))
         )
-    model_ids = [r.model_id for r in raters]
-    if len(set(model_ids)) != len(model_ids):
-        raise SelectionConfigError(f"Each scoring model must appear once, got {model_ids}.")
-    prompts = load_prompts(
-        config.selection_num_prompts,
-        config.selection_score_max,
-        config.selection_prompts,
-        config.selection_prompts_file,
-        config.selection_rating_preamble,
-    )
-
-    # Identical rows are scored once: `unique` holds the first of each, `copy_of[i]` the position of row i's in it.
-    first_row: dict[RatingSample, int] = {}
-    copy_of = np.array([first_row.setdefault(s, len(first_row)) for s in samples])
-    unique = list(first_row)
-    if len(unique) < len(samples):
-        logger.info("%d duplicate row(s) are scored once and share their first copy's score.", len(samples) - len(unique))
-
-    def requests_of(rater: Rater) -> tuple[list, list[int], list[bool]]:
-        token_ids = score_token_ids(rater.tokenizer, config.selection_score_max)
-        requests = build_requests(
-            unique, prompts, rater.tokenizer, config.selection_prompt_layout, config.selection_use_chat_template
-        )
-        requests, cut = truncate_middle(requests, rater.max_positions)
-        return requests, token_ids, cut
-
-    # What each model will see, and so the key of its probabilities in the store. The token arrays are dropped
-    # once hashed and rebuilt for the models that must score: with prompt_first they hold K whole requests per
-    # sample (about 200 MB per model on a 50k-row dataset), while tokenizing again takes seconds.
-    content = [sample_hash(s) for s in unique]
-    prompt_set = hashlib.sha256(json.dumps([prompts.preamble, list(prompts.requests), config.selection_score_max],
-                                           ensure_ascii=False).encode("utf-8")).hexdigest()
-    keys: dict[str, list[str]] = {}  # model id -> token hash of each unique sample
-    truncated = np.zeros(len(unique), dtype=bool)  # cut to fit the context of any model
-    for rater in raters:
-        requests, token_ids, cut = requests_of(rater)
-        truncated |= cut
-        if not rating_token_follows(rater.tokenizer, config.selection_prompt_layout, config.selection_use_chat_template, token_ids[0]):
-            logger.warning(
-                "With the tokenizer of %s, a rating digit after the request merges with the preceding text into "
-                "another token, so the model seldom predicts the bare digit there and its ratings carry less "
-                "signal. Prefer sample_first; keep prompt_first only to reproduce the released scripts' scores.",
-                rater.model_id,
-            )
-        keys[rater.model_id] = token_hashes(requests, token_ids)
-        del requests
-    scoring_key = {
-        "dataset_sha256": dataset_hash(samples),
-        "num_samples": len(samples),
-        "prompts_sha256": prompt_set,
-        "models": [
-            {"id": r.model_id, "fingerprint": r.fingerprint, "requests_sha256": _combined_hash(keys[r.model_id])}
-            for r in raters
-        ],
-    }
-
+    scorer = _scorer(raters, config, output_dir, allow_scoring, shard, barrier, progress)
     rank, world = shard
     if overwrite is None:
         overwrite = config.selection_overwrite
@@ -319,50 +403,25 @@ def run_selection(
         if rank == 0:
             probability_store.set_aside(output_dir)
         barrier()
-    wanted = {(r.fingerprint, key) for r in raters for key in keys[r.model_id]}
-    stored = probability_store.read_store(output_dir, wanted)
-    barrier()  # every process has read the same store before any appends to it, so they plan the same batches
-    scored_now: dict[str, int] = {}
-    scoring_seconds: dict[str, float] = {}
-    shape = (len(prompts.requests), config.selection_score_max)
+    probe_summary, probed_rows, probe_scored = None, [], None
+    if config.selection_probe:
+        probe_summary, probed_rows, probe_scored = _probe(scorer, samples, empty, write, required=False)
 
-    def found_in(stored: dict) -> dict[str, list]:
-        """Each model's stored probabilities per unique sample, None where the store has none."""
-        return {r.model_id: [_lookup(stored, r.fingerprint, key, shape) for key in keys[r.model_id]] for r in raters}
-
-    found = found_in(stored)
-    for rater in raters:
-        have = np.array([probs is not None for probs in found[rater.model_id]])
-        if have.all():
-            continue
-        if not allow_scoring:
-            raise StoredSelectionMismatch(
-                f"The score store in {probability_store.store_dir(output_dir)} lacks {int((~have).sum())} sample(s) "
-                f"for {rater.model_id} under these data, prompts and weights. A resumed run must train on the subset "
-                "it started with: resume with the original settings, or start a fresh output_dir."
-            )
-        scored_now[rater.model_id] = int((~have).sum())
-        scoring_seconds[rater.model_id] = _score_into_store(
-            rater, have, copy_of, content, prompt_set, keys[rater.model_id], requests_of, config, output_dir,
-            shard, progress,
-        )
-        if rater.release_after_use:
-            _free_memory()
-    if scored_now:
-        barrier()  # every process's share is in the store before anyone reads it back
-        found = found_in(probability_store.read_store(output_dir, wanted))
-    else:
+    scored = scorer.collect(samples, probed_rows=probed_rows)
+    # What this run scored, the probe included: its clean rows count as rows, its mismatched pairs do not.
+    scored_now, seconds = dict(scored.scored_now), dict(scored.seconds)
+    if probe_scored is not None:
+        for model, flags in probe_scored.fresh.items():
+            if flags[: len(probed_rows)].any():
+                scored_now[model] = scored_now.get(model, 0) + int(flags[: len(probed_rows)].sum())
+        for model, spent in probe_scored.seconds.items():
+            seconds[model] = seconds.get(model, 0.0) + spent
+    if scored.unique < len(samples):
+        logger.info("%d duplicate row(s) are scored once and share their first copy's score.", len(samples) - scored.unique)
+    if not scored_now:
         logger.info("Every probability came from the score store in %s.", probability_store.store_dir(output_dir))
-    probs_by_model = {}
-    for rater in raters:
-        missing = [j for j, probs in enumerate(found[rater.model_id]) if probs is None]
-        if missing:
-            raise StoredSelectionMismatch(
-                f"{len(missing)} sample(s) of {rater.model_id} are missing from the score store after scoring, "
-                f"the first being row {int(np.flatnonzero(copy_of == missing[0])[0])}. Did another process fail?"
-            )
-        probs_by_model[rater.model_id] = np.stack(found[rater.model_id])[copy_of]
-
+    probs_by_model = scored.probs_by_model
+    model_ids = [r.model_id for r in raters]
     parameter_counts = {r.model_id: r.num_parameters for r in raters}
     weights = reflection.model_weights(parameter_counts, config.selection_model_weights)
     token_by_model, sentence_by_model, scores = reflection.score_samples(
@@ -379,6 +438,7 @@ def run_selection(
     is_selected = np.zeros(len(samples), dtype=bool)
     is_selected[selected] = True
 
+    truncated = scored.truncated
     records = (
         {
             "index": i,
@@ -387,28 +447,137 @@ def run_selection(
             "sentence_scores": {m: float(sentence_by_model[m][i]) for m in model_ids},
             "token_scores": {m: token_by_model[m][i].tolist() for m in model_ids},
             "probs": {m: probs_by_model[m][i].tolist() for m in model_ids},
-            "truncated": bool(truncated[copy_of[i]]),
+            "truncated": bool(truncated[i]),
+            "response_chars": len(samples[i].response),
         }
         for i in range(len(samples))
     )
+    prompts = scorer.prompts
     summary = {
         "format_version": FORMAT_VERSION,
         "selection_config": config.selection_settings(),
         "counts": {"total": len(samples), "selected": len(selected)},
         "dataset_format": dataset_format,
         "empty_responses": {"count": len(empty), "indices": empty},
-        "truncated": {"count": int(truncated[copy_of].sum()), "indices": np.flatnonzero(truncated[copy_of]).tolist()},
-        "duplicates": len(samples) - len(unique),
+        "truncated": {"count": int(truncated.sum()), "indices": np.flatnonzero(truncated).tolist()},
+        "duplicates": len(samples) - scored.unique,
         "models": [{"id": m, "num_parameters": int(parameter_counts[m]), "weight": weights[m]} for m in model_ids],
         "prompts": list(prompts.requests),
         "rating_preamble": prompts.preamble,
-        "scoring_key": scoring_key,
+        "scoring_key": {
+            "dataset_sha256": dataset_hash(samples),
+            "num_samples": len(samples),
+            "prompts_sha256": scorer.prompt_set,
+            "models": [
+                {"id": r.model_id, "fingerprint": r.fingerprint, "requests_sha256": _combined_hash(scored.keys[r.model_id])}
+                for r in raters
+            ],
+        },
         "scored_this_run": scored_now,
-        "scoring_seconds": sum(scoring_seconds.values()),
-        "scoring_seconds_by_model": scoring_seconds,
+        "scoring_seconds": sum(seconds.values()),
+        "scoring_seconds_by_model": seconds,
         "score_quantiles": {q: float(np.quantile(scores, float(q))) for q in ("0.0", "0.25", "0.5", "0.75", "1.0")},
         "selected_indices_sha256": indices_hash(selected),
+        "probe": probe_summary,
         "examples": _examples(samples, scores),
     }
     path = store.write_selection(output_dir, records, summary) if write else store.selection_dir(output_dir)
     return SelectionResult(selected, scores, summary, path, reused=not scored_now)
+
+
+def _scorer(raters, config, output_dir, allow_scoring, shard, barrier, progress) -> _Scorer:
+    model_ids = [r.model_id for r in raters]
+    if len(set(model_ids)) != len(model_ids):
+        raise SelectionConfigError(f"Each scoring model must appear once, got {model_ids}.")
+    prompts = load_prompts(
+        config.selection_num_prompts,
+        config.selection_score_max,
+        config.selection_prompts,
+        config.selection_prompts_file,
+        config.selection_rating_preamble,
+    )
+    return _Scorer(raters, prompts, config, output_dir, allow_scoring, shard, barrier, progress)
+
+
+def _probe(scorer: _Scorer, samples: Sequence[RatingSample], empty: Sequence[int], write: bool,
+           required: bool) -> tuple[dict | None, list[int], _Scored | None]:
+    """Score the probe's clean and mismatched pairs, compute their AUROC per model and combined, and say so.
+
+    Returns what `summary.json` records of the probe (None when it could not run), the rows it scored, and
+    the probabilities of its clean rows then mismatched pairs; `probe.json` gets the per-pair scores too. With `required`, a probe that cannot run is an error.
+    """
+    config = scorer.config
+    eligible = np.ones(len(samples), dtype=bool)
+    eligible[list(empty)] = False
+    rows = probe.probe_rows(samples, eligible, config.selection_probe_size, seed=config.seed)
+    if len(rows) < 2:
+        message = "The signal probe needs at least two rows with different, non-empty responses."
+        if required:
+            raise SelectionConfigError(message)
+        logger.info("%s Skipping it.", message)
+        return None, [], None
+    pairs = [samples[i] for i in rows] + probe.mismatched_pairs(samples, rows)
+    labels = np.array([1] * len(rows) + [0] * len(rows))
+    try:
+        scored = scorer.collect(pairs, label="Probe: ", row_word="probe pair")
+    except StoredSelectionMismatch:
+        if required:
+            raise
+        logger.info("The signal probe's pairs are not all in the score store, and this run may not score: skipping it.")
+        return None, [], None
+    model_ids = [r.model_id for r in scorer.raters]
+    weights = reflection.model_weights({r.model_id: r.num_parameters for r in scorer.raters}, config.selection_model_weights)
+    _, sentence_by_model, combined = reflection.score_samples(
+        scored.probs_by_model, weights, config.selection_normalization, config.selection_alpha
+    )
+    aurocs = {m: probe.auroc(sentence_by_model[m], labels) for m in model_ids}
+    aurocs["combined"] = probe.auroc(combined, labels)
+    threshold = config.selection_probe_threshold
+    result = {
+        "pairs": len(rows),
+        "auroc": aurocs,
+        "threshold": threshold,
+        "below_threshold": aurocs["combined"] < threshold,
+        "scoring_seconds": sum(scored.seconds.values()),
+    }
+    per_pair = {
+        "rows": rows,
+        "partners": rows[1:] + rows[:1],
+        "labels": labels.tolist(),
+        "scores": combined.tolist(),
+        "sentence_scores": {m: sentence_by_model[m].tolist() for m in model_ids},
+    }
+    if write:
+        store.write_json(store.selection_dir(scorer.output_dir) / probe.PROBE_FILE, {**result, **per_pair})
+    listed = ", ".join(f"{m} {aurocs[m]:.3f}" for m in model_ids)
+    if result["below_threshold"]:
+        logger.warning(
+            "Signal probe: AUROC %.3f on %d real pairs against %d mismatched ones (0.5 is chance; per model: %s). "
+            "These scores barely tell this dataset's good pairs from bad ones, so the selection will be close to "
+            "random. A larger model as a peer (selection_peer_models) usually carries far more signal.",
+            aurocs["combined"], len(rows), len(rows), listed,
+        )
+    else:
+        logger.info("Signal probe: AUROC %.3f on %d real pairs against %d mismatched ones (0.5 is chance; per model: %s).",
+                    aurocs["combined"], len(rows), len(rows), listed)
+    return result, rows, scored
+
+
+def run_probe(
+    samples: Sequence[RatingSample],
+    raters: Sequence[Rater],
+    config,
+    output_dir,
+    write: bool = True,
+    progress: bool = True,
+    shard: tuple[int, int] = (0, 1),
+    barrier: Callable[[], None] = lambda: None,
+) -> dict:
+    """The signal probe on its own (`selectit-trl probe`): score `config.selection_probe_size` clean rows and as
+    many mismatched pairs, and return the AUROC of clean against mismatched, per model and combined.
+
+    Its scores go to the store, so a selection run afterwards does not score the clean rows again.
+    """
+    empty = empty_responses(samples, strict=False)
+    scorer = _scorer(raters, config, output_dir, True, shard, barrier, progress)
+    return _probe(scorer, samples, empty, write, required=True)[0]

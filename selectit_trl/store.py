@@ -38,6 +38,11 @@ def _atomic_write(path: Path, lines: Iterable[str]) -> None:
         raise
 
 
+def write_json(path: Path, data: dict) -> None:
+    """Write one JSON file atomically (indented, for people to read)."""
+    _atomic_write(path, [json.dumps(data, indent=2, ensure_ascii=False) + "\n"])
+
+
 def write_selection(output_dir, records: Iterable[dict], summary: dict) -> Path:
     """Write the per-sample records and the summary. The summary goes last: its presence marks a finished selection."""
     folder = selection_dir(output_dir)
@@ -45,7 +50,7 @@ def write_selection(output_dir, records: Iterable[dict], summary: dict) -> Path:
     if summary_path.exists():
         summary_path.unlink()  # a scores file without its summary is never taken for a finished selection
     _atomic_write(folder / SCORES_FILE, (json.dumps(r, ensure_ascii=False) + "\n" for r in records))
-    _atomic_write(summary_path, [json.dumps(summary, indent=2, ensure_ascii=False) + "\n"])
+    write_json(summary_path, summary)
     return folder
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from pathlib import Path
 
 import torch
 from datasets import Dataset
@@ -21,6 +22,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoin
 from trl import SFTTrainer
 
 from . import formats
+from .card import selection_metrics, write_card_section
 from .config import SelectiveSFTConfig
 from .errors import DatasetError, SelectionConfigError, StoredSelectionMismatch
 from .models import (
@@ -39,6 +41,7 @@ from .selection import (
     SelectionResult,
     check_keeps_rows,
     empty_responses,
+    run_probe,
     run_selection,
 )
 
@@ -64,6 +67,19 @@ class _RecordSelectionInCheckpoints(TrainerCallback):
             marker = {k: result.summary[k] for k in ("selected_indices_sha256", "counts", "selection_config")}
             with open(os.path.join(folder, CHECKPOINT_SELECTION_FILE), "w", encoding="utf-8") as handle:
                 json.dump(marker, handle, indent=2)
+
+
+class _LogSelection(TrainerCallback):
+    """Sends the selection's statistics to every `report_to` logger when training starts, as step 0."""
+
+    def __init__(self, trainer: SelectiveSFTTrainer):
+        self.trainer = trainer
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        # The loggers' own on_train_begin has run by now (they come first in the callback list), so a TensorBoard
+        # writer or W&B run exists to take these.
+        if self.trainer.selection_result is not None:
+            self.trainer.log(selection_metrics(self.trainer.selection_result.summary))
 
 
 class SelectiveSFTTrainer(SFTTrainer):
@@ -138,6 +154,7 @@ class SelectiveSFTTrainer(SFTTrainer):
 
         super().__init__(model=model, args=args, train_dataset=self._selection_pool, processing_class=processing_class, **kwargs)
         self.add_callback(_RecordSelectionInCheckpoints(self))
+        self.add_callback(_LogSelection(self))
 
     def _check_selection_inputs(self, args: SelectiveSFTConfig, tokenizer) -> None:
         """Everything about the selection that can be wrong, checked before the model is loaded."""
@@ -192,6 +209,29 @@ class SelectiveSFTTrainer(SFTTrainer):
         return Rater(peer.model_id, tokenizer, fingerprint, parameter_count(config), load=load, release_after_use=True,
                      max_positions=_context_length(config))
 
+    def _raters(self) -> list[Rater]:
+        return [self._base_rater(), *(self._peer_rater(p) for p in self.args.peer_specs())]
+
+    def probe(self) -> dict:
+        """Run the signal probe alone: score `selection_probe_size` rows and as many mismatched pairs, and return
+        how well the scores tell them apart (AUROC, per model and combined). Also written to
+        `output_dir/selection/probe.json`; its scores are stored, so a later selection reuses them.
+        """
+        state = self.accelerator.state
+        with scoring_mode(self.model):
+            result = run_probe(
+                self.rating_samples,
+                self._raters(),
+                self.args,
+                self.args.output_dir,
+                write=self.accelerator.is_main_process,
+                progress=self.accelerator.is_main_process and not self.args.disable_tqdm,
+                shard=(state.process_index, state.num_processes),
+                barrier=self.accelerator.wait_for_everyone,
+            )
+        self.accelerator.wait_for_everyone()
+        return result
+
     def select(self) -> SelectionResult:
         """Run the selection phase alone: score every row, choose the subset, write `output_dir/selection/`.
 
@@ -209,11 +249,10 @@ class SelectiveSFTTrainer(SFTTrainer):
         # share of the batches: with it, the probabilities must already be in the store.
         zero3 = is_deepspeed_zero3_enabled()
         with scoring_mode(self.model):
-            raters = [self._base_rater(), *(self._peer_rater(p) for p in self.args.peer_specs())]
             try:
                 self.selection_result = run_selection(
                     self.rating_samples,
-                    raters,
+                    self._raters(),
                     self.args,
                     self.args.output_dir,
                     allow_scoring=not resuming and not zero3,
@@ -267,3 +306,21 @@ class SelectiveSFTTrainer(SFTTrainer):
             )
         self.train_dataset = subset
         return super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial, **kwargs)
+
+    def create_model_card(self, model_name=None, dataset_name=None, tags=None):
+        """TRL's model card, with a "Data selection" section."""
+        super().create_model_card(model_name=model_name, dataset_name=dataset_name, tags=tags)
+        if self.is_world_process_zero() and self.selection_result is not None:
+            write_card_section(Path(self.args.output_dir) / "README.md", self.selection_result.summary)
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False):
+        """Save as `Trainer.save_model` does, then add the "Data selection" section to the model card there."""
+        super().save_model(output_dir, _internal_call=_internal_call)
+        if not self.is_world_process_zero() or self.selection_result is None:
+            return
+        folder = Path(output_dir or self.args.output_dir)
+        readme = folder / "README.md"
+        if not readme.is_file() and folder.resolve() == Path(self.args.output_dir).resolve():
+            # A full model (no adapter) gets no card from save_pretrained: start from TRL's.
+            self.create_model_card(model_name=folder.name)
+        write_card_section(readme, self.selection_result.summary)

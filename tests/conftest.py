@@ -92,6 +92,9 @@ def cpu_config(output_dir, **overrides) -> SelectiveSFTConfig:
         disable_tqdm=True,
         seed=0,
         selection_num_prompts=3,
+        # The signal probe has tests of its own (test_probe.py, test_logging.py, and the CLI's end to end); off here,
+        # so that the store and batch counts these tests check are the selection's alone.
+        selection_probe=False,
     )
     settings.update(overrides)
     return SelectiveSFTConfig(**settings)

@@ -65,10 +65,34 @@ def test_train_then_report(tiny_llama, data_file, tmp_path):
     assert summary["selection_config"]["selection_ratio"] == 0.5
     assert (out / "selection" / "report.md").is_file()
 
+    for plot in ("score_distribution", "prompt_agreement", "length"):
+        (out / "selection" / f"{plot}.png").unlink()
     report = cli("report", out)
-    assert report.returncode == 0
-    assert "Kept 8 of 16 samples" in report.stdout and "cut-off" in report.stdout
-    assert "Highest-scored samples" in report.stdout
+    assert report.returncode == 0, report.stderr[-3000:]
+    assert "SelectIT kept 8 of 16 samples; cut-off score" in report.stdout
+    assert "Signal probe AUROC" in report.stdout and "(3 plots)" in report.stdout
+    for plot in ("score_distribution", "prompt_agreement", "length"):
+        assert (out / "selection" / f"{plot}.png").stat().st_size > 10_000
+    assert "## Highest-scored rows" in (out / "selection" / "report.md").read_text()
+    # the model card says how its data was chosen
+    card = (out / "README.md").read_text()
+    assert "## Data selection" in card and summary["selected_indices_sha256"] in card
+
+
+def test_probe_alone_prints_the_auroc_and_stores_its_rows(tiny_llama, data_file, tmp_path):
+    recipe = write_recipe(tmp_path, tiny_llama, data_file)
+    done = cli("probe", "--config", recipe, "--selection_probe_size", "5")
+    assert done.returncode == 0, done.stderr[-3000:]
+    probe = json.loads((tmp_path / "out" / "selection" / "probe.json").read_text())
+    assert "Signal probe: 5 real pairs against 5 mismatched ones" in done.stdout
+    assert f"combined{' ' * (len(tiny_llama) - len('combined'))}  AUROC {probe['auroc']['combined']:.3f}" in done.stdout
+    assert not (tmp_path / "out" / "selection" / "summary.json").exists()  # a probe selects nothing
+
+    scored = cli("score", "--config", recipe, "--selection_probe_size", "5")
+    assert scored.returncode == 0, scored.stderr[-3000:]
+    summary = json.loads((tmp_path / "out" / "selection" / "summary.json").read_text())
+    assert summary["scored_this_run"] == {tiny_llama: 16 - 5}  # the probed rows came from the store
+    assert summary["probe"]["auroc"] == probe["auroc"]
 
 
 def test_score_writes_the_selection_only(tiny_llama, data_file, tmp_path):
@@ -127,7 +151,9 @@ def test_the_quickstart_recipe_itself_runs(tmp_path):
     assert (out / "adapter_model.safetensors").is_file()
     summary = json.loads((out / "selection" / "summary.json").read_text())
     assert summary["models"][0]["id"] == "SmolLM2-135M-Instruct (embedded)"
-    assert (out / "selection" / "report.md").read_text().startswith("# SelectIT selection")
+    assert (out / "selection" / "report.md").read_text().startswith("# Selection report")
+    assert (out / "selection" / "score_distribution.png").is_file()
+    assert summary["probe"]["pairs"] == 64 and "Signal probe AUROC" in done.stdout
 
 
 def test_a_malformed_row_stops_the_run_in_one_line(tiny_llama, demo_rows, tmp_path):

@@ -12,6 +12,7 @@ pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
 ROWS = 24
+PROBE = 6  # the signal probe's rows: it scores them and as many mismatched pairs first
 # Two processes on this CPU. accelerate 1.15's `--cpu` starts several processes only through MPI; without it,
 # `--cpu --num_processes 2` runs one. `--multi_gpu` on a machine without GPUs starts two processes through
 # torchrun, and accelerate joins them over gloo on the CPU.
@@ -19,13 +20,13 @@ ACCELERATE = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
 
 
-def recipe(tmp_path, model, data, out, command="score"):
+def recipe(tmp_path, model, data, out, **extra):
     settings = {
         "model_name_or_path": model, "dataset_name": str(data), "output_dir": str(out), "use_cpu": True,
         "report_to": "none", "disable_tqdm": True, "selection_num_prompts": 3, "selection_ratio": 0.25,
-        "selection_max_batch_tokens": 512, "use_peft": True, "lora_r": 4, "lora_alpha": 8,
+        "selection_max_batch_tokens": 256, "selection_probe_size": PROBE, "use_peft": True, "lora_r": 4, "lora_alpha": 8,
         "lora_target_modules": ["q_proj", "v_proj"], "max_steps": 2, "per_device_train_batch_size": 2,
-        "max_length": 128, "save_strategy": "no", "logging_strategy": "no",
+        "max_length": 128, "save_strategy": "no", "logging_strategy": "no", **extra,
     }
     path = tmp_path / f"{out.name}.yaml"
     path.write_text("".join(f"{k}: {json.dumps(v)}\n" for k, v in settings.items()), encoding="utf-8")
@@ -53,14 +54,19 @@ def data(tmp_path_factory, demo_rows):
 def test_two_processes_share_the_scoring_and_equal_one(tiny_llama, data, tmp_path):
     single, double = tmp_path / "single", tmp_path / "double"
     run([sys.executable, "-m", "selectit_trl.cli", "score", "--config", str(recipe(tmp_path, tiny_llama, data, single))])
-    launch("score", "--config", str(recipe(tmp_path, tiny_llama, data, double)))
+    done = launch("score", "--config", str(recipe(tmp_path, tiny_llama, data, double, disable_tqdm=False)))
 
     shards = {p.name: [json.loads(line) for line in p.read_text().splitlines()]
               for p in (double / "selection" / "store").glob("*.jsonl")}
     assert set(shards) == {"rank0.jsonl", "rank1.jsonl"}
     assert all(shards.values()), "each process scored a share"
     tokens = [r["tokens"] for records in shards.values() for r in records]
-    assert len(tokens) == len(set(tokens)) == ROWS  # every sample once, by one process
+    assert len(tokens) == len(set(tokens)) == ROWS + PROBE  # every sample once, by one process
+    # One bar per model and phase, drawn by rank 0 alone, counting both processes' samples to the end.
+    bars = done.stderr.replace("\r", "\n")
+    assert f"Probe: Scoring with {tiny_llama}: 100%" in bars and f"| {2 * PROBE}/{2 * PROBE} samples" in bars
+    assert f"| {ROWS - PROBE}/{ROWS - PROBE} samples" in bars
+    assert bars.count(" in all for ") == 2  # the up-front estimate, once per bar: rank 1 draws nothing
     # Each sample ran in the same batch as in one process, so its probabilities are the same numbers.
     assert (double / "selection" / "scores.jsonl").read_bytes() == (single / "selection" / "scores.jsonl").read_bytes()
     one, two = (json.loads((d / "selection" / "summary.json").read_text()) for d in (single, double))

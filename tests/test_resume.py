@@ -11,11 +11,16 @@ import time
 from pathlib import Path
 
 import pytest
+from datasets import Dataset
+
+from selectit_trl import formats
+from selectit_trl.selection import sample_hash
 
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
 ROWS = 40
+PROBE = 8  # the signal probe scores 8 rows and 8 mismatched pairs first; the main run then scores the other 32
 
 
 def command(tmp_path, data, out):
@@ -24,6 +29,7 @@ def command(tmp_path, data, out):
     recipe = {
         "dataset_name": str(data), "output_dir": str(out), "use_cpu": True, "report_to": "none",
         "selection_num_prompts": 3, "selection_ratio": 0.25, "selection_max_batch_tokens": 256,
+        "selection_probe_size": PROBE,
     }
     path = tmp_path / f"{out.name}.yaml"
     path.write_text("".join(f"{k}: {json.dumps(v)}\n" for k, v in recipe.items()), encoding="utf-8")
@@ -57,11 +63,18 @@ def complete_records(out) -> list[dict]:
     return records
 
 
-def interrupt_half_way(args, out, sig) -> subprocess.Popen:
-    """Start a scoring run and send `sig` once a quarter of the rows are stored, well before the end."""
+def rows_among(records, data) -> int:
+    """How many of the records are the dataset's rows, not the probe's mismatched pairs."""
+    rows = Dataset.from_json(str(data))
+    hashes = {sample_hash(s) for s in formats.rating_samples(rows, formats.resolve_format(rows, None))}
+    return sum(r["sample"] in hashes for r in records)
+
+
+def interrupt_after(args, out, sig, records) -> subprocess.Popen:
+    """Start a scoring run and send `sig` once `records` records are stored."""
     process = start(args)
     deadline = time.monotonic() + 300
-    while len(complete_records(out)) < ROWS // 4:
+    while len(complete_records(out)) < records:
         assert process.poll() is None, process.stderr.read()[-3000:]
         assert time.monotonic() < deadline, "scoring did not start"
         time.sleep(0.01)
@@ -88,17 +101,18 @@ def uninterrupted(tmp_path_factory, data):
 def test_sigkill_half_way_then_resume(tmp_path, data, uninterrupted):
     out = tmp_path / "run"
     args = command(tmp_path, data, out)
-    killed = interrupt_half_way(args, out, signal.SIGKILL)
+    # in the main run, a quarter of the way through its rows
+    killed = interrupt_after(args, out, signal.SIGKILL, 2 * PROBE + (ROWS - PROBE) // 4)
     assert killed.returncode == -signal.SIGKILL
     stored = complete_records(out)
-    assert ROWS // 4 <= len(stored) < ROWS, "the kill did not land half way"
+    assert 2 * PROBE + (ROWS - PROBE) // 4 <= len(stored) < ROWS + PROBE, "the kill did not land half way"
     assert not (out / "selection" / "scores.jsonl").exists()
 
     finish(args)
     summary = json.loads((out / "selection" / "summary.json").read_text())
-    assert sum(summary["scored_this_run"].values()) == ROWS - len(stored)  # nothing stored was scored again
+    assert sum(summary["scored_this_run"].values()) == ROWS - rows_among(stored, data)  # nothing stored scored again
     records = complete_records(out)
-    assert len(records) == ROWS and len({r["tokens"] for r in records}) == ROWS
+    assert len(records) == ROWS + PROBE and len({r["tokens"] for r in records}) == ROWS + PROBE
     assert records[: len(stored)] == stored
     assert (out / "selection" / "scores.jsonl").read_bytes() == (uninterrupted / "selection" / "scores.jsonl").read_bytes()
 
@@ -106,17 +120,17 @@ def test_sigkill_half_way_then_resume(tmp_path, data, uninterrupted):
 def test_sigint_stops_cleanly_says_how_to_resume_and_resumes(tmp_path, data, uninterrupted):
     out = tmp_path / "run"
     args = command(tmp_path, data, out)
-    stopped = interrupt_half_way(args, out, signal.SIGINT)
+    stopped = interrupt_after(args, out, signal.SIGINT, PROBE // 2)  # in the signal probe
     stderr = stopped.stderr.read()
     assert stopped.returncode == 130, stderr[-3000:]
     assert "interrupted" in stderr and "Run the same command again (without --overwrite) to resume" in stderr
     lines = store_lines(out)
     assert lines[-1] == b"", "SIGINT left a torn line"  # everything written is whole
     stored = complete_records(out)
-    assert ROWS // 4 <= len(stored) < ROWS
+    assert PROBE // 2 <= len(stored) < 2 * PROBE
 
     finish(args)
     summary = json.loads((out / "selection" / "summary.json").read_text())
-    assert sum(summary["scored_this_run"].values()) == ROWS - len(stored)
-    assert len(complete_records(out)) == ROWS
+    assert sum(summary["scored_this_run"].values()) == ROWS - rows_among(stored, data)
+    assert len(complete_records(out)) == ROWS + PROBE
     assert (out / "selection" / "scores.jsonl").read_bytes() == (uninterrupted / "selection" / "scores.jsonl").read_bytes()

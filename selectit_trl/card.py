@@ -1,0 +1,86 @@
+"""What a training run records of its selection: metrics for `report_to`, and a section of the model card.
+
+Both are read from `summary.json` alone, so the numbers a tracker or a card shows are the selection's own.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+SECTION_TITLE = "## Data selection"
+PAPER = "[SelectIT](https://arxiv.org/abs/2402.16705) (Liu et al., 2024)"
+
+
+def selection_metrics(summary: dict) -> dict[str, float]:
+    """Flat numeric metrics for the trainer's loggers (TensorBoard, W&B, ...), all under `selection/`."""
+    counts = summary["counts"]
+    metrics = {
+        "selection/kept": float(counts["selected"]),
+        "selection/total": float(counts["total"]),
+        "selection/kept_fraction": counts["selected"] / max(counts["total"], 1),
+        "selection/scoring_seconds": float(summary["scoring_seconds"]),
+    }
+    for quantile, value in summary["score_quantiles"].items():
+        metrics[f"selection/score_q{quantile}"] = float(value)
+    for model in summary["models"]:
+        metrics[f"selection/weight/{model['id']}"] = float(model["weight"])
+    probe = summary.get("probe")
+    if probe:
+        metrics["selection/probe_auroc"] = float(probe["auroc"]["combined"])
+        for model in summary["models"]:
+            metrics[f"selection/probe_auroc/{model['id']}"] = float(probe["auroc"][model["id"]])
+    return metrics
+
+
+def card_section(summary: dict) -> str:
+    """The model card's "Data selection" section, in Markdown."""
+    settings = summary["selection_config"]
+    counts = summary["counts"]
+    probe = summary.get("probe")
+    rows = [
+        ("Method", f"{PAPER}, run by selectit-trl"),
+        ("Kept", f"{counts['selected']:,} of {counts['total']:,} rows ({100 * counts['selected'] / max(counts['total'], 1):.1f}%)"),
+        ("Ratio", f"{settings['selection_ratio']}" + (
+            f" (max samples {settings['selection_max_samples']})" if settings.get("selection_max_samples") else "")),
+        ("Rating prompts (K)", str(settings["selection_num_prompts"])),
+        ("Rating scale (S)", f"1..{settings['selection_score_max']}"),
+        ("α (prompt disagreement penalty)", str(settings["selection_alpha"])),
+        ("Normalisation", settings["selection_normalization"]),
+        ("Prompt layout", settings["selection_prompt_layout"]),
+        ("Signal probe AUROC", f"{probe['auroc']['combined']:.3f} on {probe['pairs']} clean against {probe['pairs']} "
+                               "mismatched pairs (0.5 is chance)" if probe else "not run"),
+        ("Kept indices (sha256)", f"`{summary['selected_indices_sha256']}`"),
+    ]
+    models = [f"| {m['id']} | {m['num_parameters']:,} | {m['weight']:.4f} |" for m in summary["models"]]
+    return "\n".join([
+        SECTION_TITLE,
+        "",
+        "This model was tuned on a subset of its training data chosen by the model itself: it rated every row with "
+        "several rating prompts, and the rows rated highest and most consistently were kept.",
+        "",
+        "| Setting | Value |",
+        "|---|---|",
+        *[f"| {name} | {value} |" for name, value in rows],
+        "",
+        "| Rating model | Parameters | Weight |",
+        "|---|---:|---:|",
+        *models,
+        "",
+        "The scores of every row are in `selection/scores.jsonl` and the settings in `selection/summary.json`; "
+        "`selectit-trl report` summarises them.",
+        "",
+    ])
+
+
+def write_card_section(readme: Path, summary: dict) -> None:
+    """Put the section into a model card, replacing the one written before; create the card if there is none."""
+    section = card_section(summary)
+    text = readme.read_text(encoding="utf-8") if readme.is_file() else ""
+    # Up to the next heading of the same or a higher level, or the end.
+    pattern = re.compile(rf"^{re.escape(SECTION_TITLE)}\n.*?(?=^#{{1,2}} |\Z)", re.MULTILINE | re.DOTALL)
+    if pattern.search(text):
+        text = pattern.sub(lambda _: section + "\n", text, count=1)
+    else:
+        text = (text.rstrip("\n") + "\n\n" if text.strip() else "") + section
+    readme.write_text(text, encoding="utf-8")
