@@ -41,8 +41,8 @@ def card_section(summary: dict) -> str:
     rows = [
         ("Method", f"{PAPER}, run by selectit-trl"),
         ("Kept", f"{counts['selected']:,} of {counts['total']:,} rows ({100 * counts['selected'] / max(counts['total'], 1):.1f}%)"),
-        ("Ratio", f"{settings['selection_ratio']}" + (
-            f" (max samples {settings['selection_max_samples']})" if settings.get("selection_max_samples") else "")),
+        ("Ratio", f"{settings['selection_ratio']}" if not settings.get("selection_max_samples")
+         else f"unused: selection_max_samples = {settings['selection_max_samples']}"),
         ("Rating prompts (K)", str(settings["selection_num_prompts"])),
         ("Rating scale (S)", f"1..{settings['selection_score_max']}"),
         ("α (prompt disagreement penalty)", str(settings["selection_alpha"])),

@@ -79,8 +79,11 @@ def build_trainer(script_args, training_args, model_args, data_args=None):
 def _show_progress_messages() -> None:
     """Our INFO messages (the probe's result, reused scores) on stderr, unless the user set up logging."""
     import logging
+    import os
 
     package = logging.getLogger("selectit_trl")
+    if os.environ.get("RANK", "0") != "0":  # under a launcher, the main process speaks for all
+        return
     if not package.handlers and not logging.getLogger().handlers:
         handler = logging.StreamHandler()
         handler.setFormatter(logging.Formatter("selectit-trl: %(message)s"))
@@ -96,9 +99,8 @@ def _print_probe(result: dict, output_dir) -> None:
     print(f"Signal probe: {result['pairs']} real pairs against {result['pairs']} mismatched ones (0.5 is chance).")
     for model, value in result["auroc"].items():
         print(f"  {model:<{width}}  AUROC {value:.3f}")
-    if result["below_threshold"]:
-        print(f"Below {result['threshold']}: these scores barely tell good pairs from bad ones on this data. "
-              "A larger peer model (selection_peer_models) usually carries far more signal.")
+    if result["below_threshold"]:  # the log has said why this matters
+        print(f"Below the threshold of {result['threshold']}.")
     print(f"Per-pair scores: {selection_dir(output_dir) / PROBE_FILE}")
 
 
@@ -120,7 +122,11 @@ def run(command: str, argv: list[str]) -> int:
         trainer.save_model(training_args.output_dir)
         result = trainer.selection_result
     if trainer.accelerator.is_main_process:
-        print(write_report(training_args.output_dir), end="")
+        try:
+            print(write_report(training_args.output_dir), end="")
+        except Exception as error:  # the scores and the adapter are saved; a report is only a view of them
+            print(f"selectit-trl: the report could not be written ({type(error).__name__}: {error}); the scores are "
+                  f"intact. Try `selectit-trl report {training_args.output_dir}` to see why.", file=sys.stderr)
         print(f"Scores: {result.path}")
         if command == "train":
             print(f"Adapter and model card: {training_args.output_dir}")

@@ -140,8 +140,17 @@ class StoreFollower:
 
     @staticmethod
     def _complete_size(path: Path) -> int:
-        data = path.read_bytes()
-        return data.rfind(b"\n") + 1
+        """Bytes up to the end of the last complete line, found by reading back from the end."""
+        with open(path, "rb") as handle:
+            end = handle.seek(0, os.SEEK_END)
+            start = end
+            while start > 0:
+                start = max(0, start - (1 << 20))
+                handle.seek(start)
+                cut = handle.read(end - start).rfind(b"\n")
+                if cut >= 0:
+                    return start + cut + 1
+            return 0
 
     def _poll(self) -> None:
         for path in self._files():

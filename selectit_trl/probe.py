@@ -23,17 +23,21 @@ PROBE_FILE = "probe.json"
 
 
 def probe_rows(samples: Sequence[RatingSample], eligible: Sequence[bool], size: int, seed: int) -> list[int]:
-    """`size` rows drawn at random (fixed by `seed`) among the eligible ones, no two with the same response.
+    """`size` rows drawn at random (fixed by `seed`) among the eligible ones, no two with the same instruction
+    or the same response.
 
-    Distinct responses make sure that every mismatched pair really pairs an instruction with a response
-    written for something else. Fewer rows are returned when fewer qualify.
+    That makes sure every mismatched pair really pairs an instruction with a response written for something
+    else: with a shared instruction, a "mismatched" pair could be another real row. Fewer rows are returned
+    when fewer qualify.
     """
     order = np.random.default_rng(seed).permutation(len(samples))
-    chosen, responses = [], set()
+    chosen, instructions, responses = [], set(), set()
     for i in order.tolist():
-        if eligible[i] and samples[i].response not in responses:
+        sample = samples[i]
+        if eligible[i] and sample.response not in responses and sample.instruction not in instructions:
             chosen.append(i)
-            responses.add(samples[i].response)
+            instructions.add(sample.instruction)
+            responses.add(sample.response)
             if len(chosen) == size:
                 break
     return chosen

@@ -99,7 +99,7 @@ class ScoringProgress:
             )
 
     def advance(self, batch: Sequence[int]) -> None:
-        """This process has finished the samples of `batch`."""
+        """This process has finished the samples of `batch` (those not pending are ignored)."""
         self.batches += 1
         self._mark(batch)
         self._refresh()

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from scipy.stats import spearmanr
+from scipy.stats import rankdata
 
 from . import store
 
@@ -79,16 +79,16 @@ def read_score_files(output_dir) -> ScoreFiles:
 
 
 def _spearman_matrix(columns: np.ndarray) -> np.ndarray:
-    """Spearman correlation between the columns of [N, C]; NaN where a column is constant."""
-    columns = np.asarray(columns, dtype=np.float64)
-    if columns.shape[1] < 2:
-        return np.ones((columns.shape[1], columns.shape[1]))
+    """Spearman correlation between the columns of [N, C], always C x C: the Pearson correlation of the ranks
+    (ties averaged). A constant column has no defined correlation and gives NaN in its row and column.
+
+    (`scipy.stats.spearmanr` returns a single NaN for a whole matrix as soon as one column is constant.)
+    """
+    ranks = rankdata(np.asarray(columns, dtype=np.float64), axis=0)
+    centred = ranks - ranks.mean(axis=0)
+    norms = np.sqrt((centred**2).sum(axis=0))
     with np.errstate(invalid="ignore", divide="ignore"):
-        rho = spearmanr(columns).statistic
-    rho = np.atleast_2d(np.asarray(rho, dtype=np.float64))
-    if rho.shape == (1, 1):  # two columns: scipy returns one number
-        rho = np.array([[1.0, rho[0, 0]], [rho[0, 0], 1.0]])
-    return rho
+        return (centred.T @ centred) / np.outer(norms, norms)
 
 
 def _mean_off_diagonal(matrix: np.ndarray) -> float:
@@ -233,12 +233,15 @@ def plot_prompts(files: ScoreFiles, stats: dict, path: Path) -> None:
     figure.savefig(path)
 
 
-def _length_axis(axes) -> None:
-    """A log-scaled x axis of characters, labelled 10, 20, 50, 100, ... rather than in powers of ten."""
+def _length_axis(axes, lengths: np.ndarray) -> None:
+    """A log-scaled x axis of characters, labelled 10, 20, 50, 100, ... rather than in powers of ten, with fewer
+    labels the more decades it spans, so that they never overlap."""
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
+    decades = np.log10(max(lengths.max(), 1) / max(lengths.min(), 1))
+    subs = (1.0, 2.0, 3.0, 5.0) if decades <= 1.5 else (1.0, 2.0, 5.0) if decades <= 2.5 else (1.0,)
     axes.set_xscale("log")
-    axes.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 3.0, 5.0)))
+    axes.xaxis.set_major_locator(LogLocator(base=10, subs=subs))
     axes.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:,.0f}"))
     axes.xaxis.set_minor_formatter(NullFormatter())
     axes.set_xlabel("Response length (characters, log scale)")
@@ -251,7 +254,7 @@ def plot_length(files: ScoreFiles, stats: dict, path: Path) -> None:
     groups = ((~files.selected, DROPPED_COLOUR, "dropped"), (files.selected, KEPT_COLOUR, "kept"))
     for mask, colour, label in groups:
         left.scatter(chars[mask], files.scores[mask], s=6, alpha=0.5, color=colour, label=label, rasterized=True)
-    _length_axis(left)
+    _length_axis(left, chars)
     left.set_ylabel("Model-level score")
     left.set_title(f"Score against length (Spearman ρ = {_number(stats['length']['spearman'], 2)})")
     left.legend(markerscale=3)
@@ -261,7 +264,7 @@ def plot_length(files: ScoreFiles, stats: dict, path: Path) -> None:
         if mask.any():
             right.hist(chars[mask], bins=bins, weights=np.full(int(mask.sum()), 1 / mask.sum()), histtype="stepfilled",
                        alpha=0.55, color=colour, label=f"{label} (median {np.median(chars[mask]):,.0f})")
-    _length_axis(right)
+    _length_axis(right, chars)
     right.set_ylabel("Share of the group's rows")
     right.set_title("Lengths of kept and dropped rows")
     right.legend()
@@ -329,7 +332,8 @@ def report_text(output_dir, files: ScoreFiles, stats: dict, plots: dict[str, Pat
             lines += [f"**Below {probe['threshold']}:** these scores barely tell good pairs from bad ones here, so the "
                       "selection is close to random. A larger peer model (`selection_peer_models`) carries more signal.", ""]
     else:
-        lines += ["Not run (`selection_probe: false`, or too few rows).", ""]
+        lines += ["Not run: `selection_probe: false`, fewer than two usable rows, or a run that may not score (a "
+                  "resumed training run, ZeRO-3) without the probe's pairs in the store.", ""]
     lines += [
         "## Score distribution",
         "",

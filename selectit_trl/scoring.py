@@ -349,7 +349,8 @@ def iter_score_batches(
     # Tokens the model reads per sample (unpadded): the prefix once when it is shared, K times otherwise.
     sample_tokens = [len(r.prefix) * (1 if shared else k) + sum(len(s) for s in r.suffixes) for r in requests]
     bar = progress if isinstance(progress, ScoringProgress) else ScoringProgress(desc, enabled=progress)
-    bar.start([i for b in batches for i in b], sample_tokens)
+    # Only samples that are not stored yet: they are the ones every process will report as it finishes them.
+    bar.start([i for b in batches for i in b if done is None or not done[i]], sample_tokens)
     try:
         while pending:
             batch = pending.popleft()

@@ -245,6 +245,8 @@ class _Scorer:
 
         found = found_in(stored)
         fresh = {r.model_id: np.array([probs is None for probs in found[r.model_id]]) for r in self.raters}
+        needing = [r for r in self.raters if fresh[r.model_id].any()]
+        last_to_score = needing[-1] if needing else None
         scored_now: dict[str, int] = {}
         seconds: dict[str, float] = {}
         for rater in self.raters:
@@ -260,11 +262,13 @@ class _Scorer:
             scored_now[rater.model_id] = int((~have).sum())
             unplanned = np.zeros(len(unique), dtype=bool)
             unplanned[copy_of[list(probed_rows)]] = True
-            index_of = {key: j for j, key in enumerate(keys[rater.model_id])}
+            rows_of: dict[str, list[int]] = {}  # token hash -> samples; distinct samples can render alike
+            for j, key in enumerate(keys[rater.model_id]):
+                rows_of.setdefault(key, []).append(j)
             progress = ScoringProgress(
                 f"{label}Scoring with {rater.model_id}", enabled=self.progress,
                 finished_elsewhere=(
-                    (lambda fp=rater.fingerprint: [index_of[k] for k in follower.take(fp) if k in index_of])
+                    (lambda fp=rater.fingerprint: [j for k in follower.take(fp) for j in rows_of.get(k, ())])
                     if follower else None
                 ),
             )
@@ -272,7 +276,10 @@ class _Scorer:
                 seconds[rater.model_id] = self._score_into_store(
                     rater, unique, have, copy_of, content, keys[rater.model_id], progress, row_word, unplanned & have
                 )
-                progress.wait_for_others()
+                if rater is last_to_score:
+                    # Rank 0 waits at the barrier below anyway; until then its bar follows the other processes.
+                    # After an earlier model it goes straight on to the next, and that bar closes at its own share.
+                    progress.wait_for_others()
             finally:
                 progress.close()
             if rater.release_after_use:
@@ -482,7 +489,8 @@ def run_selection(
         "examples": _examples(samples, scores),
     }
     path = store.write_selection(output_dir, records, summary) if write else store.selection_dir(output_dir)
-    return SelectionResult(selected, scores, summary, path, reused=not scored_now)
+    probe_ran = probe_scored is not None and bool(probe_scored.scored_now)
+    return SelectionResult(selected, scores, summary, path, reused=not scored_now and not probe_ran)
 
 
 def _scorer(raters, config, output_dir, allow_scoring, shard, barrier, progress) -> _Scorer:
@@ -572,12 +580,15 @@ def run_probe(
     progress: bool = True,
     shard: tuple[int, int] = (0, 1),
     barrier: Callable[[], None] = lambda: None,
+    allow_scoring: bool = True,
 ) -> dict:
     """The signal probe on its own (`selectit-trl probe`): score `config.selection_probe_size` clean rows and as
     many mismatched pairs, and return the AUROC of clean against mismatched, per model and combined.
 
-    Its scores go to the store, so a selection run afterwards does not score the clean rows again.
+    Its scores go to the store, so a selection run afterwards does not score the clean rows again. It never sets
+    the store aside: `selection_overwrite` applies to selections only. With `allow_scoring=False` every score
+    must come from the store (`StoredSelectionMismatch` otherwise).
     """
     empty = empty_responses(samples, strict=False)
-    scorer = _scorer(raters, config, output_dir, True, shard, barrier, progress)
+    scorer = _scorer(raters, config, output_dir, allow_scoring, shard, barrier, progress)
     return _probe(scorer, samples, empty, write, required=True)[0]

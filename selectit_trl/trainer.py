@@ -77,8 +77,8 @@ class _LogSelection(TrainerCallback):
 
     def on_train_begin(self, args, state, control, **kwargs):
         # The loggers' own on_train_begin has run by now (they come first in the callback list), so a TensorBoard
-        # writer or W&B run exists to take these.
-        if self.trainer.selection_result is not None:
+        # writer or W&B run exists to take these. A resumed run logged them when it started the first time.
+        if self.trainer.selection_result is not None and state.global_step == 0:
             self.trainer.log(selection_metrics(self.trainer.selection_result.summary))
 
 
@@ -218,17 +218,27 @@ class SelectiveSFTTrainer(SFTTrainer):
         `output_dir/selection/probe.json`; its scores are stored, so a later selection reuses them.
         """
         state = self.accelerator.state
+        zero3 = is_deepspeed_zero3_enabled()  # see _select: no process can score alone under ZeRO-3
         with scoring_mode(self.model):
-            result = run_probe(
-                self.rating_samples,
-                self._raters(),
-                self.args,
-                self.args.output_dir,
-                write=self.accelerator.is_main_process,
-                progress=self.accelerator.is_main_process and not self.args.disable_tqdm,
-                shard=(state.process_index, state.num_processes),
-                barrier=self.accelerator.wait_for_everyone,
-            )
+            try:
+                result = run_probe(
+                    self.rating_samples,
+                    self._raters(),
+                    self.args,
+                    self.args.output_dir,
+                    write=self.accelerator.is_main_process,
+                    progress=self.accelerator.is_main_process and not self.args.disable_tqdm,
+                    shard=(state.process_index, state.num_processes),
+                    barrier=self.accelerator.wait_for_everyone,
+                    allow_scoring=not zero3,
+                )
+            except StoredSelectionMismatch:
+                if zero3:
+                    raise SelectionConfigError(
+                        "DeepSpeed ZeRO-3 splits the weights between processes, so the probe cannot score under it. "
+                        "Run `selectit-trl probe` without ZeRO-3 (in one process or under DDP)."
+                    ) from None
+                raise
         self.accelerator.wait_for_everyone()
         return result
 
@@ -320,7 +330,10 @@ class SelectiveSFTTrainer(SFTTrainer):
             return
         folder = Path(output_dir or self.args.output_dir)
         readme = folder / "README.md"
-        if not readme.is_file() and folder.resolve() == Path(self.args.output_dir).resolve():
-            # A full model (no adapter) gets no card from save_pretrained: start from TRL's.
-            self.create_model_card(model_name=folder.name)
+        if not readme.is_file():
+            if _internal_call:
+                return  # a checkpoint of a full model: it has no card, and TRL writes one into output_dir
+            if folder.resolve() == Path(self.args.output_dir).resolve():
+                # A full model (no adapter) gets no card from save_pretrained: start from TRL's.
+                self.create_model_card(model_name=folder.name)
         write_card_section(readme, self.selection_result.summary)

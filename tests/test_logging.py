@@ -22,7 +22,7 @@ def _rows(n):
 def trained(tiny_llama, tmp_path_factory):
     output_dir = tmp_path_factory.mktemp("logged")
     args = cpu_config(output_dir, report_to=["tensorboard"], logging_strategy="steps", logging_steps=1,
-                      selection_ratio=0.25, selection_probe_size=6)
+                      selection_ratio=0.25, selection_probe=True, selection_probe_size=6)
     trainer = SelectiveSFTTrainer(model=tiny_llama, args=args, train_dataset=Dataset.from_list(_rows(20)),
                                   peft_config=LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
     trainer.train()

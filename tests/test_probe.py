@@ -45,6 +45,15 @@ def test_probe_rows_are_seeded_eligible_and_have_distinct_responses():
     assert len(probe.probe_rows(samples, eligible, 100, seed=0)) == 30 - 1 - 9
 
 
+def test_probe_rows_never_share_an_instruction():
+    # rows 2k and 2k+1 answer the same instruction: a "mismatched" pair of the two would be a real row
+    samples = [RatingSample(f"q{i // 2}", f"a{i}") for i in range(20)]
+    rows = probe.probe_rows(samples, [True] * 20, 20, seed=3)
+    assert len(rows) == 10 and len({samples[i].instruction for i in rows}) == 10
+    real = set(samples)
+    assert not real & set(probe.mismatched_pairs(samples, rows))
+
+
 def test_mismatched_pairs_give_every_instruction_another_rows_response():
     samples = [RatingSample(f"q{i}", f"a{i}") for i in range(5)]
     pairs = probe.mismatched_pairs(samples, [3, 0, 4])
@@ -58,7 +67,8 @@ def _rows(n):
 
 def test_probe_end_to_end_and_the_main_run_reuses_its_rows(tiny_llama, tmp_path, caplog):
     dataset = Dataset.from_list(_rows(24))
-    args = cpu_config(tmp_path, selection_probe_size=8, selection_probe_threshold=1.0, selection_ratio=0.25)
+    args = cpu_config(tmp_path, selection_probe=True, selection_probe_size=8, selection_probe_threshold=1.0,
+                      selection_ratio=0.25)
     trainer = SelectiveSFTTrainer(model=tiny_llama, args=args, train_dataset=dataset)
     with caplog.at_level(logging.WARNING, logger="selectit_trl"):
         result = trainer.probe()
@@ -98,6 +108,20 @@ def test_probe_is_skipped_when_turned_off_and_refused_on_a_single_row(tiny_llama
     with pytest.raises(SelectionConfigError, match="at least two rows"):
         single.probe()
     assert single.select().summary["probe"] is None  # a selection goes on without it
+
+
+def test_probe_under_zero3_uses_the_store_or_says_what_to_do(tiny_llama, tmp_path, monkeypatch):
+    from selectit_trl import trainer as trainer_module
+
+    dataset = Dataset.from_list(_rows(6))
+    monkeypatch.setattr(trainer_module, "is_deepspeed_zero3_enabled", lambda: True)
+    with pytest.raises(SelectionConfigError, match="cannot score under it"):
+        SelectiveSFTTrainer(model=tiny_llama, args=cpu_config(tmp_path), train_dataset=dataset).probe()
+    monkeypatch.setattr(trainer_module, "is_deepspeed_zero3_enabled", lambda: False)
+    first = SelectiveSFTTrainer(model=tiny_llama, args=cpu_config(tmp_path), train_dataset=dataset).probe()
+    monkeypatch.setattr(trainer_module, "is_deepspeed_zero3_enabled", lambda: True)
+    again = SelectiveSFTTrainer(model=tiny_llama, args=cpu_config(tmp_path), train_dataset=dataset).probe()
+    assert again["auroc"] == first["auroc"]
 
 
 def test_probe_size_must_be_at_least_two(tmp_path):

@@ -93,6 +93,14 @@ def test_statistics_match_a_hand_computation(tmp_path):
     assert stats["truncated"] == {"count": 1, "indices": [4]}
 
 
+def test_a_constant_column_gives_nan_correlations_in_a_full_matrix():
+    columns = np.column_stack([[1, 2, 3, 4], [4, 3, 2, 1], [7, 7, 7, 7]])
+    rho = report._spearman_matrix(columns)
+    assert rho.shape == (3, 3)  # scipy's spearmanr collapses this case to one NaN
+    np.testing.assert_allclose(rho[:2, :2], [[1, -1], [-1, 1]], atol=1e-12)
+    assert np.isnan(rho[2]).all() and np.isnan(rho[:, 2]).all()
+
+
 def _pixels(path):
     with Image.open(path) as image:
         assert image.format == "PNG"
