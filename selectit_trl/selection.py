@@ -373,7 +373,8 @@ def run_selection(
     barrier: Callable[[], None] = lambda: None,
     overwrite: bool | None = None,
 ) -> SelectionResult:
-    """Score with each rater in turn, combine, select, and write `OUTPUT_DIR/selection/`.
+    """Run the signal probe (with `config.selection_probe`), then score with each rater in turn, combine, select,
+    and write `OUTPUT_DIR/selection/`.
 
     Probabilities go to the score store (`probability_store`) batch by batch as they are made, and every
     sample whose probabilities the store already holds for the same token ids and weights (see
