@@ -15,7 +15,6 @@ without drawing anything.
 
 from __future__ import annotations
 
-import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,19 +53,15 @@ def read_score_files(output_dir) -> ScoreFiles:
     sentence = {m: [] for m in models}
     token = {m: [] for m in models}
     top = {m: [] for m in models}
-    with open(store.selection_dir(output_dir) / store.SCORES_FILE, encoding="utf-8") as handle:
-        for line in handle:
-            if not line.strip():
-                continue
-            record = json.loads(line)
-            scores.append(record["score"])
-            selected.append(record["selected"])
-            chars.append(record.get("response_chars"))
-            for m in models:
-                sentence[m].append(record["sentence_scores"][m])
-                token[m].append(record["token_scores"][m])
-                # argmax takes the first maximum, i.e. the lowest rating on ties, as the token score does.
-                top[m].append(np.argmax(record["probs"][m], axis=-1) + 1)
+    for record in store.iter_scores(output_dir):  # streamed: the records of 50k rows are ~75 MB of JSON
+        scores.append(record["score"])
+        selected.append(record["selected"])
+        chars.append(record.get("response_chars"))
+        for m in models:
+            sentence[m].append(record["sentence_scores"][m])
+            token[m].append(record["token_scores"][m])
+            # argmax takes the first maximum, i.e. the lowest rating on ties, as the token score does.
+            top[m].append(np.argmax(record["probs"][m], axis=-1) + 1)
     return ScoreFiles(
         summary=summary,
         scores=np.asarray(scores, dtype=np.float64),

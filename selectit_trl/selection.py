@@ -247,12 +247,12 @@ class _Scorer:
         fresh = {r.model_id: np.array([probs is None for probs in found[r.model_id]]) for r in self.raters}
         needing = [r for r in self.raters if fresh[r.model_id].any()]
         last_to_score = needing[-1] if needing else None
+        probed = np.zeros(len(unique), dtype=bool)
+        probed[copy_of[list(probed_rows)]] = True
         scored_now: dict[str, int] = {}
         seconds: dict[str, float] = {}
-        for rater in self.raters:
-            have = np.array([probs is not None for probs in found[rater.model_id]])
-            if have.all():
-                continue
+        for rater in needing:
+            have = ~fresh[rater.model_id]
             if not self.allow_scoring:
                 raise StoredSelectionMismatch(
                     f"The score store in {probability_store.store_dir(self.output_dir)} lacks {int((~have).sum())} "
@@ -260,8 +260,6 @@ class _Scorer:
                     "on the subset it started with: resume with the original settings, or start a fresh output_dir."
                 )
             scored_now[rater.model_id] = int((~have).sum())
-            unplanned = np.zeros(len(unique), dtype=bool)
-            unplanned[copy_of[list(probed_rows)]] = True
             rows_of: dict[str, list[int]] = {}  # token hash -> samples; distinct samples can render alike
             for j, key in enumerate(keys[rater.model_id]):
                 rows_of.setdefault(key, []).append(j)
@@ -274,7 +272,7 @@ class _Scorer:
             )
             try:
                 seconds[rater.model_id] = self._score_into_store(
-                    rater, unique, have, copy_of, content, keys[rater.model_id], progress, row_word, unplanned & have
+                    rater, unique, have, copy_of, content, keys[rater.model_id], progress, row_word, probed & have
                 )
                 if rater is last_to_score:
                     # Rank 0 waits at the barrier below anyway; until then its bar follows the other processes.

@@ -10,7 +10,7 @@ import json
 import logging
 import os
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
@@ -75,7 +75,14 @@ def read_summary(output_dir) -> dict | None:
     return summary
 
 
+def iter_scores(output_dir) -> Iterator[dict]:
+    """The records of `scores.jsonl` one at a time, in dataset order, without holding them all."""
+    with open(selection_dir(output_dir) / SCORES_FILE, encoding="utf-8") as handle:
+        for line in handle:
+            if line.strip():
+                yield json.loads(line)
+
+
 def read_scores(output_dir) -> list[dict]:
     """All records of `scores.jsonl`, in dataset order."""
-    with open(selection_dir(output_dir) / SCORES_FILE, encoding="utf-8") as handle:
-        return [json.loads(line) for line in handle if line.strip()]
+    return list(iter_scores(output_dir))

@@ -100,6 +100,15 @@ def cpu_config(output_dir, **overrides) -> SelectiveSFTConfig:
     return SelectiveSFTConfig(**settings)
 
 
+@pytest.fixture
+def zero3(monkeypatch):
+    """`zero3(True)` makes the trainer see DeepSpeed ZeRO-3 as on, the way transformers reports it (DeepSpeed is not
+    installed here); `zero3(False)` turns it off again."""
+    from selectit_trl import trainer
+
+    return lambda enabled: monkeypatch.setattr(trainer, "is_deepspeed_zero3_enabled", lambda: enabled)
+
+
 @pytest.fixture(scope="session")
 def shared_data_dir() -> Path:
     """The shared public datasets: $SELECTIT_TRL_DATA, else ../shared/data next to the checkout."""

@@ -104,20 +104,20 @@ def test_training_under_accelerate_selects_once_and_every_rank_trains_on_the_sub
         assert rows[i]["output"] in text
 
 
-def test_zero3_trains_on_stored_scores_and_explains_what_to_do_without_them(tiny_llama, demo_dataset, tmp_path, monkeypatch):
+def test_zero3_trains_on_stored_scores_and_explains_what_to_do_without_them(tiny_llama, demo_dataset, tmp_path, zero3):
     """DeepSpeed is not installed here; its ZeRO-3 switch is flipped the way transformers reports it."""
     from conftest import cpu_config
 
-    from selectit_trl import SelectiveSFTTrainer, trainer
+    from selectit_trl import SelectiveSFTTrainer
     from selectit_trl.errors import SelectionConfigError
 
     dataset = demo_dataset(8)
-    monkeypatch.setattr(trainer, "is_deepspeed_zero3_enabled", lambda: True)
+    zero3(True)
     with pytest.raises(SelectionConfigError, match="Score first without ZeRO-3"):
         SelectiveSFTTrainer(model=tiny_llama, args=cpu_config(tmp_path), train_dataset=dataset).select()
-    monkeypatch.setattr(trainer, "is_deepspeed_zero3_enabled", lambda: False)
+    zero3(False)
     scored = SelectiveSFTTrainer(model=tiny_llama, args=cpu_config(tmp_path), train_dataset=dataset).select()
-    monkeypatch.setattr(trainer, "is_deepspeed_zero3_enabled", lambda: True)
+    zero3(True)
     again = SelectiveSFTTrainer(model=tiny_llama, args=cpu_config(tmp_path), train_dataset=dataset)
     again.train()
     assert again.selection_result.reused and again.selection_result.selected_indices == scored.selected_indices

@@ -110,16 +110,14 @@ def test_probe_is_skipped_when_turned_off_and_refused_on_a_single_row(tiny_llama
     assert single.select().summary["probe"] is None  # a selection goes on without it
 
 
-def test_probe_under_zero3_uses_the_store_or_says_what_to_do(tiny_llama, tmp_path, monkeypatch):
-    from selectit_trl import trainer as trainer_module
-
+def test_probe_under_zero3_uses_the_store_or_says_what_to_do(tiny_llama, tmp_path, zero3):
     dataset = Dataset.from_list(_rows(6))
-    monkeypatch.setattr(trainer_module, "is_deepspeed_zero3_enabled", lambda: True)
+    zero3(True)
     with pytest.raises(SelectionConfigError, match="cannot score under it"):
         SelectiveSFTTrainer(model=tiny_llama, args=cpu_config(tmp_path), train_dataset=dataset).probe()
-    monkeypatch.setattr(trainer_module, "is_deepspeed_zero3_enabled", lambda: False)
+    zero3(False)
     first = SelectiveSFTTrainer(model=tiny_llama, args=cpu_config(tmp_path), train_dataset=dataset).probe()
-    monkeypatch.setattr(trainer_module, "is_deepspeed_zero3_enabled", lambda: True)
+    zero3(True)
     again = SelectiveSFTTrainer(model=tiny_llama, args=cpu_config(tmp_path), train_dataset=dataset).probe()
     assert again["auroc"] == first["auroc"]
 
