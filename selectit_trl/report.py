@@ -3,6 +3,7 @@
 It writes `selection/report.md` and PNG plots beside it, and prints a short summary:
 
 - the distribution of the final scores, with the cut-off;
+- with a mix of strategies (`selection_strategy`), each strategy's values and their rank correlations;
 - with peers, each model's sentence scores and the rank correlation (Spearman) between the models;
 - agreement across the K rating prompts: the rank correlation of their token-level scores, and the share of
   rows whose top rating differs from prompt to prompt;
@@ -40,6 +41,27 @@ class ScoreFiles:
     token: dict[str, np.ndarray]  # model id -> [N, K]
     top_rating: dict[str, np.ndarray]  # model id -> [N, K]: the rating 1..S with the highest probability
     response_chars: np.ndarray | None  # [N]; None for score files written before it was recorded
+    strategy_values: dict[str, np.ndarray]  # strategy -> [N] (SelectIT score, IFD, r-IFD, length, draw)
+
+
+def strategy_of(summary: dict) -> dict[str, float]:
+    """The strategy weights of a selection; score files written before strategies existed are SelectIT's."""
+    return summary.get("strategy") or {"selectit": 1.0}
+
+
+def rating_models(summary: dict) -> list[str]:
+    """The models whose SelectIT ratings are in the score files (none when the strategy does not use SelectIT)."""
+    return [m["id"] for m in summary["models"]] if "selectit" in strategy_of(summary) else []
+
+
+def strategy_label(summary: dict) -> str:
+    """"SelectIT", or the strategy and its weights: "ifd", "selectit 0.50 + ifd 0.50"."""
+    weights = strategy_of(summary)
+    if list(weights) == ["selectit"]:
+        return "SelectIT"
+    if len(weights) == 1:
+        return next(iter(weights))
+    return " + ".join(f"{name} {weight:.2f}" for name, weight in weights.items())
 
 
 def read_score_files(output_dir) -> ScoreFiles:
@@ -48,8 +70,10 @@ def read_score_files(output_dir) -> ScoreFiles:
         raise FileNotFoundError(
             f"No finished selection in {store.selection_dir(output_dir)}: run `selectit-trl score` or `train` first."
         )
-    models = [m["id"] for m in summary["models"]]
+    models = rating_models(summary)
+    names = list(strategy_of(summary))
     scores, selected, chars = [], [], []
+    values = {name: [] for name in names}
     sentence = {m: [] for m in models}
     token = {m: [] for m in models}
     top = {m: [] for m in models}
@@ -57,6 +81,8 @@ def read_score_files(output_dir) -> ScoreFiles:
         scores.append(record["score"])
         selected.append(record["selected"])
         chars.append(record.get("response_chars"))
+        for name in names:
+            values[name].append(record.get("strategy_scores", {}).get(name, record["score"]))
         for m in models:
             sentence[m].append(record["sentence_scores"][m])
             token[m].append(record["token_scores"][m])
@@ -70,6 +96,7 @@ def read_score_files(output_dir) -> ScoreFiles:
         token={m: np.asarray(v, dtype=np.float64).reshape(len(scores), -1) for m, v in token.items()},
         top_rating={m: np.asarray(v, dtype=np.int64).reshape(len(scores), -1) for m, v in top.items()},
         response_chars=None if any(c is None for c in chars) else np.asarray(chars, dtype=np.float64),
+        strategy_values={name: np.asarray(v, dtype=np.float64) for name, v in values.items()},
     )
 
 
@@ -98,7 +125,7 @@ def _mean_off_diagonal(matrix: np.ndarray) -> float:
 def statistics(files: ScoreFiles) -> dict:
     """Every number the report shows, from the score files."""
     summary = files.summary
-    models = [m["id"] for m in summary["models"]]
+    models = rating_models(summary)
     kept = files.scores[files.selected]
     stats = {
         "total": int(files.scores.size),
@@ -107,7 +134,13 @@ def statistics(files: ScoreFiles) -> dict:
         "quantiles": {q: float(np.quantile(files.scores, q)) for q in (0.0, 0.25, 0.5, 0.75, 1.0)},
         "models": models,
         "prompts": {},
+        "strategy": strategy_of(summary),
+        "barred": summary.get("barred", {}),
     }
+    if len(files.strategy_values) > 1:
+        names = list(files.strategy_values)
+        columns = np.column_stack([files.strategy_values[n] for n in names] + [files.scores])
+        stats["strategy_spearman"] = _spearman_matrix(columns)  # strategies, then the combined score
     if len(models) > 1:
         columns = np.column_stack([files.sentence[m] for m in models] + [files.scores])
         stats["model_spearman"] = _spearman_matrix(columns)  # models, then the combined score
@@ -174,7 +207,7 @@ def plot_scores(files: ScoreFiles, stats: dict, path: Path) -> None:
               color=[KEPT_COLOUR, DROPPED_COLOUR], label=[f"kept ({stats['kept']:,})", f"dropped ({stats['total'] - stats['kept']:,})"])
     if stats["cutoff"] is not None:
         axes.axvline(stats["cutoff"], color="black", linestyle="--", linewidth=1.2, label=f"cut-off {stats['cutoff']:.3f}")
-    axes.set_xlabel("Model-level score")
+    axes.set_xlabel("Model-level score" if list(stats["strategy"]) == ["selectit"] else "Selection score")
     axes.set_ylabel("Rows")
     axes.yaxis.set_major_locator(MaxNLocator(integer=True))
     axes.set_title(f"Score distribution: {stats['kept']:,} of {stats['total']:,} rows kept")
@@ -268,7 +301,9 @@ def plot_length(files: ScoreFiles, stats: dict, path: Path) -> None:
 
 def write_plots(files: ScoreFiles, stats: dict, folder: Path) -> dict[str, Path]:
     """Draw every plot that applies into `folder`; returns them by name."""
-    plots = {"score_distribution": plot_scores, "prompt_agreement": plot_prompts}
+    plots = {"score_distribution": plot_scores}
+    if stats["models"]:
+        plots["prompt_agreement"] = plot_prompts
     if len(stats["models"]) > 1:
         plots["models"] = plot_models
     if "length" in stats:
@@ -296,13 +331,18 @@ def report_text(output_dir, files: ScoreFiles, stats: dict, plots: dict[str, Pat
     summary = files.summary
     settings = summary["selection_config"]
     q = stats["quantiles"]
+    selectit = (
+        f" K={settings['selection_num_prompts']} rating prompts, S={settings['selection_score_max']}, "
+        f"α={settings['selection_alpha']}, normalisation `{settings['selection_normalization']}`, layout "
+        f"`{settings['selection_prompt_layout']}`." if stats["models"] else ""
+    )
+    diversity = settings.get("selection_diversity", "none")
     lines = [
         f"# Selection report: {output_dir}",
         "",
-        f"Kept **{stats['kept']:,} of {stats['total']:,}** rows ({100 * stats['kept'] / max(stats['total'], 1):.1f}%) with "
-        f"K={settings['selection_num_prompts']} rating prompts, S={settings['selection_score_max']}, "
-        f"α={settings['selection_alpha']}, normalisation `{settings['selection_normalization']}`, layout "
-        f"`{settings['selection_prompt_layout']}`. Scoring took {summary['scoring_seconds']:.1f} s.",
+        f"Kept **{stats['kept']:,} of {stats['total']:,}** rows ({100 * stats['kept'] / max(stats['total'], 1):.1f}%) by "
+        f"{strategy_label(summary)}{'' if diversity == 'none' else f', spread by {diversity}'}.{selectit} "
+        f"Scoring took {summary['scoring_seconds']:.1f} s.",
         "",
         "| Model | Parameters | Weight |",
         "|---|---:|---:|",
@@ -320,6 +360,7 @@ def report_text(output_dir, files: ScoreFiles, stats: dict, plots: dict[str, Pat
             "| Scorer | AUROC |",
             "|---|---:|",
             *[f"| {m} | {_number(probe['auroc'][m])} |" for m in stats["models"]],
+            *[f"| {name} | {_number(value)} |" for name, value in probe.get("auroc_by_strategy", {}).items()],
             f"| combined | {_number(probe['auroc']['combined'])} |",
             "",
         ]
@@ -338,16 +379,25 @@ def report_text(output_dir, files: ScoreFiles, stats: dict, plots: dict[str, Pat
         f"max {_number(q[1.0])}. Lowest kept score (the cut-off): {_number(stats['cutoff'])}.",
         "",
     ]
+    if stats["barred"]:
+        lines += ["Never kept, as the strategy bars them: " + ", ".join(
+            f"{count:,} row(s) with {name.upper()} > 1" for name, count in stats["barred"].items()) + ".", ""]
+    if "strategy_spearman" in stats:
+        labels = [*files.strategy_values, "combined"]
+        lines += ["## Strategies", "", "Spearman rank correlation of each strategy's values and the combined score:", "",
+                  *_table(stats["strategy_spearman"], labels), ""]
     if "models" in plots:
         labels = [_short(m) for m in stats["models"]] + ["combined"]
         lines += ["## Models", "", "![Models](models.png)", "", "Spearman rank correlation of the sentence-level scores:",
                   "", *_table(stats["model_spearman"], labels), ""]
-    lines += ["## Agreement across rating prompts", "", "![Prompt agreement](prompt_agreement.png)", "",
-              "| Model | Mean Spearman ρ between prompts | Rows whose top rating differs across prompts |", "|---|---:|---:|"]
-    for m in stats["models"]:
-        prompts = stats["prompts"][m]
-        lines.append(f"| {m} | {_number(prompts['mean_spearman'])} | {100 * prompts['top_rating_differs']:.1f}% |")
-    lines += ["", "Prompts: " + "; ".join(f"P{k + 1}: “{p}”" for k, p in enumerate(summary["prompts"])), ""]
+    if stats["models"]:
+        lines += ["## Agreement across rating prompts", "", "![Prompt agreement](prompt_agreement.png)", "",
+                  "| Model | Mean Spearman ρ between prompts | Rows whose top rating differs across prompts |",
+                  "|---|---:|---:|"]
+        for m in stats["models"]:
+            prompts = stats["prompts"][m]
+            lines.append(f"| {m} | {_number(prompts['mean_spearman'])} | {100 * prompts['top_rating_differs']:.1f}% |")
+        lines += ["", "Prompts: " + "; ".join(f"P{k + 1}: “{p}”" for k, p in enumerate(summary["prompts"])), ""]
     if "length" in stats:
         length = stats["length"]
         lines += [
@@ -372,13 +422,13 @@ def report_text(output_dir, files: ScoreFiles, stats: dict, plots: dict[str, Pat
         shown = ", ".join(map(str, truncated["indices"][:50])) + (" ..." if truncated["count"] > 50 else "")
         lines += [f"{truncated['count']} row(s) were longer than a rating model's context and lost their middle: {shown}.", ""]
     else:
-        lines += ["None: every row fit every rating model's context.", ""]
+        lines += ["None: every row fit every model's context.", ""]
     return "\n".join(lines)
 
 
-def short_summary(stats: dict, report_path: Path, plots: dict[str, Path]) -> str:
+def short_summary(summary: dict, stats: dict, report_path: Path, plots: dict[str, Path]) -> str:
     """A few lines for the terminal."""
-    lines = [f"SelectIT kept {stats['kept']:,} of {stats['total']:,} samples; cut-off score {_number(stats['cutoff'])} "
+    lines = [f"{strategy_label(summary)} kept {stats['kept']:,} of {stats['total']:,} samples; cut-off score {_number(stats['cutoff'])} "
              f"(median {_number(stats['quantiles'][0.5])})."]
     probe = stats["probe"]
     if probe:
@@ -402,7 +452,7 @@ def write_report(output_dir) -> str:
     plots = write_plots(files, stats, folder)
     path = folder / REPORT_FILE
     path.write_text(report_text(output_dir, files, stats, plots), encoding="utf-8")
-    return short_summary(stats, path, plots)
+    return short_summary(files.summary, stats, path, plots)
 
 
 def main(argv: list[str]) -> int:

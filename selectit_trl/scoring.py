@@ -301,14 +301,7 @@ def iter_score_batches(
         return
     k = len(requests[0].suffixes)
     whole_widths = [len(r.prefix) + max(len(s) for s in r.suffixes) for r in requests]
-    limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
-    too_long = [i for i, width in enumerate(whole_widths) if limit and width > limit]
-    if too_long:
-        raise ValueError(
-            f"{len(too_long)} sample(s), the first at index {too_long[0]}, render to more than the {limit} positions "
-            "this model can attend to. Shorten or drop those rows before selection."
-        )
-    max_batch_tokens = max_batch_tokens or default_max_batch_tokens(model)
+    check_fits(model, whole_widths)
     shared = share_prefix and any(len(r.prefix) for r in requests)
     if shared and not can_share_prefixes(model):
         logger.info(
@@ -330,12 +323,59 @@ def iter_score_batches(
             shared = False
     # Batches are planned and padded on bucketed widths, so that the number of batch shapes stays small.
     widths = [bucket_width(packed_width(r) if shared else w) for r, w in zip(requests, whole_widths)]
-    rows_per_item = 1 if shared else k
+    # Tokens the model reads per sample (unpadded): the prefix once when it is shared, K times otherwise.
+    sample_tokens = [len(r.prefix) * (1 if shared else k) + sum(len(s) for s in r.suffixes) for r in requests]
+
+    def run(batch: list[int], width: int) -> np.ndarray:
+        if shared:
+            return shared_prefix_probs(model, [requests[i] for i in batch], token_ids, pad_id, width)
+        rows = [requests[i].sequence(j) for i in batch for j in range(k)]
+        return last_token_probs(model, rows, token_ids, pad_id, width).reshape(len(batch), k, len(token_ids))
+
+    yield from run_batches(
+        run, widths, sample_tokens, rows_per_item=1 if shared else k,
+        max_batch_tokens=max_batch_tokens or default_max_batch_tokens(model),
+        progress=progress, desc=desc, done=done, shard=shard, unplanned=unplanned,
+    )
+
+
+def check_fits(model, lengths: Sequence[int]) -> None:
+    """Refuse samples whose longest row exceeds the positions the model can attend to."""
+    limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    too_long = [i for i, length in enumerate(lengths) if limit and length > limit]
+    if too_long:
+        raise ValueError(
+            f"{len(too_long)} sample(s), the first at index {too_long[0]}, render to more than the {limit} positions "
+            "this model can attend to. Shorten or drop those rows before selection."
+        )
+
+
+def run_batches(
+    run,
+    widths: Sequence[int],
+    sample_tokens: Sequence[int],
+    rows_per_item: int,
+    max_batch_tokens: int,
+    progress: bool | ScoringProgress = True,
+    desc: str = "Scoring",
+    done: Sequence[bool] | None = None,
+    shard: tuple[int, int] = (0, 1),
+    unplanned: Sequence[bool] | None = None,
+) -> Iterator[tuple[list[int], np.ndarray]]:
+    """Plan, share out and run batches of samples, yielding `(sample indices, values)` as each batch finishes.
+
+    The machinery every per-sample measurement shares (rating probabilities here, losses in `losses.py`):
+    `run(batch, width)` does one forward pass over a batch padded to `width` and returns an array whose first
+    axis follows `batch`. `widths` are the samples' bucketed row widths and `sample_tokens` the tokens the
+    model reads per sample (for the progress bar). The other arguments are those of `iter_score_batches`.
+    Out of memory, the budget is halved and the batch planned again; a sample with a NaN or infinite value
+    raises `NonFiniteScoresError`.
+    """
 
     def plan(items: list[int], budget: int) -> deque[list[int]]:
         return deque([items[j] for j in batch] for batch in plan_batches([widths[i] for i in items], budget, rows_per_item))
 
-    planned = [i for i in range(len(requests)) if unplanned is None or not unplanned[i]]
+    planned = [i for i in range(len(widths)) if unplanned is None or not unplanned[i]]
     batches = [b for b in plan(planned, max_batch_tokens) if done is None or not all(done[i] for i in b)]
     missing = [i for i in planned if done is None or not done[i]]
     if sum(len(b) for b in batches) > 2 * len(missing):
@@ -346,8 +386,6 @@ def iter_score_batches(
     rank, world = shard
     owners = share_batches([len(b) * rows_per_item * max(widths[i] for i in b) for b in batches], world)
     pending = deque(b for b, owner in zip(batches, owners) if owner == rank)
-    # Tokens the model reads per sample (unpadded): the prefix once when it is shared, K times otherwise.
-    sample_tokens = [len(r.prefix) * (1 if shared else k) + sum(len(s) for s in r.suffixes) for r in requests]
     bar = progress if isinstance(progress, ScoringProgress) else ScoringProgress(desc, enabled=progress)
     # Only samples that are not stored yet: they are the ones every process will report as it finishes them.
     bar.start([i for b in batches for i in b if done is None or not done[i]], sample_tokens)
@@ -356,11 +394,7 @@ def iter_score_batches(
             batch = pending.popleft()
             width = max(widths[i] for i in batch)
             try:
-                if shared:
-                    probs = shared_prefix_probs(model, [requests[i] for i in batch], token_ids, pad_id, width)
-                else:
-                    rows = [requests[i].sequence(j) for i in batch for j in range(k)]
-                    probs = last_token_probs(model, rows, token_ids, pad_id, width).reshape(len(batch), k, len(token_ids))
+                values = run(batch, width)
             except torch.OutOfMemoryError:
                 if len(batch) == 1:
                     raise ScoringOutOfMemory(
@@ -375,15 +409,15 @@ def iter_score_batches(
                     torch.cuda.empty_cache()
                 pending = plan([*batch, *(i for b in pending for i in b)], max_batch_tokens)
                 continue
-            finite = np.isfinite(probs).all(axis=(1, 2))
+            finite = np.isfinite(values).reshape(len(batch), -1).all(axis=1)
             if not finite.all():
                 sample = batch[int(np.argmin(finite))]
                 raise NonFiniteScoresError(
-                    f"Sample {sample} got NaN or infinite rating probabilities: the logits overflowed or the weights "
-                    "hold NaN. Score in bf16 or fp32 rather than fp16, or check the model's weights.",
+                    f"Sample {sample} got NaN or infinite values: the logits overflowed or the weights hold NaN. "
+                    "Score in bf16 or fp32 rather than fp16, or check the model's weights.",
                     sample_index=sample,
                 )
-            yield batch, probs
+            yield batch, values
             bar.advance(batch)
     finally:
         if bar is not progress:

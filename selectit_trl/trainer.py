@@ -21,10 +21,11 @@ from transformers.integrations import is_deepspeed_zero3_enabled
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 from trl import SFTTrainer
 
-from . import formats
+from . import diversity, formats, strategies
 from .card import selection_metrics, write_card_section
 from .config import SelectiveSFTConfig
 from .errors import DatasetError, SelectionConfigError, StoredSelectionMismatch
+from .measuring import Rater
 from .models import (
     EMBEDDED_MODEL_ID,
     check_model_source,
@@ -35,9 +36,9 @@ from .models import (
 )
 from .peers import PeerSpec
 from .prompts import load_prompts, score_token_ids
+from .report import strategy_label
 from .scoring import cap_onednn_cache
 from .selection import (
-    Rater,
     SelectionResult,
     check_keeps_rows,
     empty_responses,
@@ -158,14 +159,17 @@ class SelectiveSFTTrainer(SFTTrainer):
 
     def _check_selection_inputs(self, args: SelectiveSFTConfig, tokenizer) -> None:
         """Everything about the selection that can be wrong, checked before the model is loaded."""
-        load_prompts(
-            args.selection_num_prompts,
-            args.selection_score_max,
-            args.selection_prompts,
-            args.selection_prompts_file,
-            args.selection_rating_preamble,
-        )
-        score_token_ids(tokenizer, args.selection_score_max)
+        if "selectit" in strategies.parse_strategy(args.selection_strategy):
+            load_prompts(
+                args.selection_num_prompts,
+                args.selection_score_max,
+                args.selection_prompts,
+                args.selection_prompts_file,
+                args.selection_rating_preamble,
+            )
+            score_token_ids(tokenizer, args.selection_score_max)
+        if args.selection_diversity != "none":
+            diversity.check_available(args)
         check_keeps_rows(len(self.rating_samples), args)
         empty_responses(self.rating_samples, args.selection_strict)
 
@@ -285,7 +289,8 @@ class SelectiveSFTTrainer(SFTTrainer):
                 raise
         self.accelerator.wait_for_everyone()  # the files are written before any process goes on
         result = self.selection_result
-        logger.info("SelectIT kept %d of %d samples (%s).", len(result.selected_indices), len(self.rating_samples), result.path)
+        logger.info("%s kept %d of %d samples (%s).", strategy_label(result.summary), len(result.selected_indices),
+                    len(self.rating_samples), result.path)
         return result
 
     def _checkpoint_subset(self, resume_from_checkpoint) -> str | None:

@@ -95,7 +95,7 @@ def test_three_peers_of_other_sizes_in_4bit_match_a_hand_computation(tiny_llama,
         records_by_model[record["model_id"]][record["sample"]] = record["probs"]
     assert all(len(records) == 8 for records in records_by_model.values())
     from selectit_trl.formats import rating_samples
-    from selectit_trl.selection import sample_hash
+    from selectit_trl.measuring import sample_hash
 
     order = [sample_hash(s) for s in rating_samples(dataset, None)]
     scores = [r["score"] for r in read_scores(tmp_path)]

@@ -14,7 +14,7 @@ import pytest
 from datasets import Dataset
 
 from selectit_trl import formats
-from selectit_trl.selection import sample_hash
+from selectit_trl.measuring import sample_hash
 
 pytestmark = pytest.mark.slow
 

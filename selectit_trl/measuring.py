@@ -1,0 +1,354 @@
+"""Per-sample measurements of each model, found in the score store or computed and appended to it.
+
+A measurement is what a strategy needs from a model for every sample:
+
+* `Ratings`: SelectIT's rating probabilities [K, S], from every rater (`scoring.py`);
+* `Difficulty`: IFD's or reverse IFD's two losses [2], from the model being tuned only (`losses.py`).
+
+Both go through one `Measurer`, so they share everything around the forward passes: identical samples
+measured once, the store lookup by token hash and weights fingerprint, batches planned the same way in every
+run, the share of each process under accelerate, progress bars, and the error that names the row.
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from . import probability_store
+from .errors import NonFiniteScoresError, StoredSelectionMismatch
+from .losses import fit_target_requests, iter_loss_batches
+from .progress import ScoringProgress
+from .prompts import (
+    RatingPrompts,
+    RatingSample,
+    build_requests,
+    build_target_requests,
+    rating_token_follows,
+    score_token_ids,
+    truncate_middle,
+)
+from .scoring import SampleRequests, iter_score_batches
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Rater:
+    """A model that rates samples, described without its weights, which `load` brings in only when needed."""
+
+    model_id: str
+    tokenizer: object
+    fingerprint: str  # identity of the weights as they will run: config, dtype, quantisation, revision, files
+    num_parameters: int  # theta, from the configuration
+    load: Callable[[], torch.nn.Module]
+    release_after_use: bool = False  # a peer is freed before the next model loads
+    max_positions: int | None = None  # the context length; longer samples lose their middle
+
+
+def sample_hash(sample: RatingSample) -> str:
+    """sha256 of a sample's content: what is rated, whatever row it sits in."""
+    return hashlib.sha256(json.dumps([sample.instruction, sample.response], ensure_ascii=False).encode("utf-8")).hexdigest()
+
+
+def token_hashes(requests: Sequence[SampleRequests], token_ids: Sequence[int]) -> list[str]:
+    """For each sample, sha256 of every token id the model will read for it and of the rating tokens.
+
+    This pins the sample, the prompts, the layout, the chat template, the tokenizer and any truncation at
+    once: if any of them changes, so does the hash, and stored probabilities are not reused.
+    """
+    rating = np.asarray(token_ids, dtype=np.int64).tobytes()
+    hashes = []
+    for sample in requests:
+        digest = hashlib.sha256(rating)
+        # Whole sequences, as the model reads them: how they are split into prefix and suffixes is a matter of
+        # speed, not of what is scored.
+        for k in range(len(sample.suffixes)):
+            digest.update(b"|")
+            digest.update(sample.sequence(k).astype(np.int64).tobytes())
+        hashes.append(digest.hexdigest())
+    return hashes
+
+
+def _pad_id(tokenizer) -> int:
+    # Padded positions are masked out, so any valid id will do.
+    for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0):
+        if candidate is not None:
+            return candidate
+    return 0
+
+
+def free_memory() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+class Ratings:
+    """SelectIT's measurement: the probabilities of the rating tokens "1".."S" under each of K prompts."""
+
+    kind = "ratings"
+    field = "probs"
+    noun = "rating probabilities"
+
+    def __init__(self, prompts: RatingPrompts, config, raters: Sequence[Rater]):
+        self.prompts, self.config = prompts, config
+        self.prompt_set = hashlib.sha256(json.dumps(
+            [prompts.preamble, list(prompts.requests), config.selection_score_max], ensure_ascii=False
+        ).encode("utf-8")).hexdigest()
+        self.shape = (len(prompts.requests), config.selection_score_max)
+        for rater in raters:
+            first = score_token_ids(rater.tokenizer, config.selection_score_max)[0]
+            if not rating_token_follows(rater.tokenizer, config.selection_prompt_layout, config.selection_use_chat_template, first):
+                logger.warning(
+                    "With the tokenizer of %s, a rating digit after the request merges with the preceding text into "
+                    "another token, so the model seldom predicts the bare digit there and its ratings carry less "
+                    "signal. Prefer sample_first; keep prompt_first only to reproduce the released scripts' scores.",
+                    rater.model_id,
+                )
+
+    def raters(self, raters: Sequence[Rater]) -> list[Rater]:
+        return list(raters)
+
+    def requests(self, rater: Rater, samples: Sequence[RatingSample]) -> tuple[list, list[bool]]:
+        config = self.config
+        requests = build_requests(
+            samples, self.prompts, rater.tokenizer, config.selection_prompt_layout, config.selection_use_chat_template
+        )
+        return truncate_middle(requests, rater.max_positions)
+
+    def keys(self, rater: Rater, requests) -> list[str]:
+        return token_hashes(requests, score_token_ids(rater.tokenizer, self.config.selection_score_max))
+
+    def batches(self, model, rater: Rater, requests, **options):
+        token_ids = score_token_ids(rater.tokenizer, self.config.selection_score_max)
+        return iter_score_batches(model, requests, token_ids, _pad_id(rater.tokenizer), **options)
+
+    def record_fields(self) -> dict:
+        """What each store record says besides its values, for people inspecting the store."""
+        return {"prompts": self.prompt_set, "layout": self.config.selection_prompt_layout}
+
+
+class Difficulty:
+    """IFD (`kind="ifd"`) or reverse IFD (`"rifd"`): a target's mean token loss after its two contexts.
+
+    Measured with the model being tuned only: the point of both is how that model finds the data.
+    """
+
+    field = "losses"
+    noun = "losses"
+    shape = (2,)
+
+    def __init__(self, kind: str, config):
+        self.kind, self.config = kind, config
+
+    def raters(self, raters: Sequence[Rater]) -> list[Rater]:
+        return list(raters[:1])
+
+    def requests(self, rater: Rater, samples: Sequence[RatingSample]) -> tuple[list, list[bool]]:
+        requests = build_target_requests(samples, rater.tokenizer, self.kind, self.config.selection_use_chat_template)
+        return fit_target_requests(requests, rater.max_positions)
+
+    def keys(self, rater: Rater, requests) -> list[str]:
+        hashes = []
+        for request in requests:
+            digest = hashlib.sha256(self.kind.encode("ascii"))  # never equal to a rating record's key
+            for c in range(len(request.contexts)):
+                digest.update(b"|")
+                digest.update(request.sequence(c).astype(np.int64).tobytes())
+            digest.update(b"|target|")
+            digest.update(np.asarray(request.target, dtype=np.int64).tobytes())
+            hashes.append(digest.hexdigest())
+        return hashes
+
+    def batches(self, model, rater: Rater, requests, **options):
+        return iter_loss_batches(model, requests, _pad_id(rater.tokenizer), **options)
+
+    def record_fields(self) -> dict:
+        return {"kind": self.kind}
+
+
+@dataclass
+class Measured:
+    """Every model's values of one measurement for a list of samples, and what it took to get them."""
+
+    values_by_model: dict[str, np.ndarray]  # [N, *measure.shape] per model, in sample order
+    truncated: np.ndarray  # [N] bool: cut to fit the context of some model
+    unique: int  # distinct samples among the N
+    keys: dict[str, list[str]]  # model id -> store key of each distinct sample
+    scored_now: dict[str, int]  # model id -> samples measured by this run (absent: none)
+    seconds: dict[str, float]  # model id -> seconds spent measuring
+    fresh: dict[str, np.ndarray]  # model id -> [N] bool: measured by this run rather than read from the store
+
+
+def _lookup(stored: dict, fingerprint: str, key: str, field: str, shape: tuple) -> np.ndarray | None:
+    """A sample's stored values, or None when there are none of the expected shape."""
+    record = stored.get((fingerprint, key))
+    if record is None or field not in record:
+        return None
+    values = np.asarray(record[field], dtype=np.float64)
+    return values if values.shape == shape else None
+
+
+class Measurer:
+    """Finds measurements in the store, and computes what is missing.
+
+    One run (a selection, or a probe and then a selection) shares one measurer: the same models, store, and
+    share of the work between processes.
+    """
+
+    def __init__(self, raters: Sequence[Rater], config, output_dir, allow_scoring: bool,
+                 shard: tuple[int, int], barrier: Callable[[], None], progress: bool):
+        self.raters, self.config, self.output_dir = list(raters), config, output_dir
+        self.allow_scoring, self.shard, self.barrier, self.progress = allow_scoring, shard, barrier, progress
+
+    def collect(self, measure, samples: Sequence[RatingSample], label: str = "", row_word: str = "row",
+                probed_rows: Sequence[int] = ()) -> Measured:
+        """Each of the measure's models' values for `samples`, from the store where it has them.
+
+        Args:
+            label: put before the progress bars' text ("Probe: ").
+            row_word: what a sample is called in error messages.
+            probed_rows: rows the signal probe has just measured. They are left out of the batch plan, so that no
+                batch runs again for their sake; the probe always runs first, so the plan is the same in every
+                run, resumed or not.
+        """
+        raters = measure.raters(self.raters)
+        # Identical samples are measured once: `unique` holds the first of each, `copy_of[i]` the position of i's in it.
+        first_row: dict[RatingSample, int] = {}
+        copy_of = np.array([first_row.setdefault(s, len(first_row)) for s in samples])
+        unique = list(first_row)
+
+        # What each model will read, and so the key of its values in the store. The token arrays are dropped once
+        # hashed and rebuilt for the models that must compute: with prompt_first they hold K whole requests per
+        # sample (about 200 MB per model on a 50k-row dataset), while tokenizing again takes seconds.
+        content = [sample_hash(s) for s in unique]
+        keys: dict[str, list[str]] = {}
+        truncated = np.zeros(len(unique), dtype=bool)  # cut to fit the context of any model
+        for rater in raters:
+            requests, cut = measure.requests(rater, unique)
+            truncated |= cut
+            keys[rater.model_id] = measure.keys(rater, requests)
+            del requests
+
+        rank, world = self.shard
+        wanted = {(r.fingerprint, key) for r in raters for key in keys[r.model_id]}
+        stored = probability_store.read_store(self.output_dir, wanted)
+        # Rank 0's progress bars count the other processes' records too; it starts following their files before
+        # any process can append to them.
+        follower = probability_store.StoreFollower(self.output_dir, rank) if world > 1 and self.progress else None
+        self.barrier()  # every process has read the same store before any appends to it, so they plan the same batches
+
+        def found_in(stored: dict) -> dict[str, list]:
+            """Each model's stored values per unique sample, None where the store has none."""
+            return {r.model_id: [_lookup(stored, r.fingerprint, key, measure.field, measure.shape) for key in keys[r.model_id]]
+                    for r in raters}
+
+        found = found_in(stored)
+        fresh = {r.model_id: np.array([values is None for values in found[r.model_id]]) for r in raters}
+        needing = [r for r in raters if fresh[r.model_id].any()]
+        last_to_score = needing[-1] if needing else None
+        probed = np.zeros(len(unique), dtype=bool)
+        probed[copy_of[list(probed_rows)]] = True
+        scored_now: dict[str, int] = {}
+        seconds: dict[str, float] = {}
+        what = "Scoring" if measure.kind == "ratings" else f"Measuring {measure.kind.upper()} losses"
+        for rater in needing:
+            have = ~fresh[rater.model_id]
+            if not self.allow_scoring:
+                raise StoredSelectionMismatch(
+                    f"The score store in {probability_store.store_dir(self.output_dir)} lacks {int((~have).sum())} "
+                    f"sample(s) of {measure.kind} for {rater.model_id} under these data, prompts and weights. A resumed "
+                    "run must train on the subset it started with: resume with the original settings, or start a "
+                    "fresh output_dir."
+                )
+            scored_now[rater.model_id] = int((~have).sum())
+            rows_of: dict[str, list[int]] = {}  # store key -> samples; distinct samples can render alike
+            for j, key in enumerate(keys[rater.model_id]):
+                rows_of.setdefault(key, []).append(j)
+            progress = ScoringProgress(
+                f"{label}{what} with {rater.model_id}", enabled=self.progress,
+                finished_elsewhere=(
+                    (lambda fp=rater.fingerprint: [j for k in follower.take(fp, measure.kind) for j in rows_of.get(k, ())])
+                    if follower else None
+                ),
+            )
+            try:
+                seconds[rater.model_id] = self._compute_into_store(
+                    measure, rater, unique, have, copy_of, content, keys[rater.model_id], progress, row_word, probed & have
+                )
+                if rater is last_to_score:
+                    # Rank 0 waits at the barrier below anyway; until then its bar follows the other processes.
+                    # After an earlier model it goes straight on to the next, and that bar closes at its own share.
+                    progress.wait_for_others()
+            finally:
+                progress.close()
+            if rater.release_after_use:
+                free_memory()
+        if scored_now:
+            self.barrier()  # every process's share is in the store before anyone reads it back
+            found = found_in(probability_store.read_store(self.output_dir, wanted))
+        values_by_model = {}
+        for rater in raters:
+            missing = [j for j, values in enumerate(found[rater.model_id]) if values is None]
+            if missing:
+                raise StoredSelectionMismatch(
+                    f"{len(missing)} sample(s) of {rater.model_id} are missing from the score store after scoring, "
+                    f"the first being {row_word} {int(np.flatnonzero(copy_of == missing[0])[0])}. Did another process fail?"
+                )
+            values_by_model[rater.model_id] = np.stack(found[rater.model_id])[copy_of]
+        return Measured(values_by_model, truncated[copy_of], len(unique), keys, scored_now, seconds,
+                        {m: flags[copy_of] for m, flags in fresh.items()})
+
+    def _compute_into_store(self, measure, rater: Rater, unique, have, copy_of, content, keys, progress, row_word,
+                            unplanned) -> float:
+        """Compute this process's share of the samples `have` lacks, appending each batch to the store as it finishes.
+
+        Returns the seconds spent. A batch that also holds stored samples runs whole (so that every sample is
+        always computed in the same batch), and only its new samples are written.
+        """
+        output_dir = self.output_dir
+        requests, cut = measure.requests(rater, unique)
+        model = rater.load()
+        started = time.perf_counter()
+        written = 0
+        extra = measure.record_fields()
+        try:
+            with probability_store.StoreWriter(output_dir, rank=self.shard[0]) as writer:
+                batches = measure.batches(
+                    model, rater, requests, max_batch_tokens=self.config.selection_max_batch_tokens,
+                    progress=progress, done=have, shard=self.shard, unplanned=unplanned,
+                )
+                for batch, values in batches:
+                    new = [(j, v) for j, v in zip(batch, values) if not have[j]]
+                    writer.append(
+                        {"model": rater.fingerprint, "model_id": rater.model_id, "tokens": keys[j], "sample": content[j],
+                         **extra, measure.field: v.tolist(), "truncated": bool(cut[j])}
+                        for j, v in new
+                    )
+                    written += len(new)
+        except NonFiniteScoresError as error:
+            row = int(np.flatnonzero(copy_of == error.sample_index)[0])
+            raise NonFiniteScoresError(
+                f"{rater.model_id} gave {row_word} {row} NaN or infinite {measure.noun}: its logits overflowed or its "
+                "weights hold NaN. Score in bf16 or fp32 rather than fp16, or check the weights. The samples measured "
+                f"before it are kept in {probability_store.store_dir(output_dir)}; scores.jsonl and summary.json are "
+                "unchanged.",
+                sample_index=row,
+            ) from None
+        except KeyboardInterrupt:
+            logger.warning(
+                "Measuring %s with %s stopped: %d sample(s) of this run are saved in %s, with %d stored before. Run "
+                "the same command again (without --overwrite) to resume from there.",
+                measure.kind, rater.model_id, written, probability_store.store_dir(output_dir), int(have.sum()),
+            )
+            raise
+        return time.perf_counter() - started
