@@ -73,6 +73,18 @@ def test_two_processes_share_the_scoring_and_equal_one(tiny_llama, data, tmp_pat
     assert one["selected_indices_sha256"] == two["selected_indices_sha256"]
 
 
+def test_two_processes_share_ifd_losses_too(tiny_llama, data, tmp_path):
+    single, double = tmp_path / "single", tmp_path / "double"
+    mix = {"selection_strategy": "selectit:0.5,ifd:0.5"}
+    run([sys.executable, "-m", "selectit_trl.cli", "score", "--config", str(recipe(tmp_path, tiny_llama, data, single, **mix))])
+    launch("score", "--config", str(recipe(tmp_path, tiny_llama, data, double, **mix)))
+    records = [json.loads(line) for p in (double / "selection" / "store").glob("*.jsonl") for line in p.read_text().splitlines()]
+    for kind in ("ratings", "ifd"):
+        tokens = [r["tokens"] for r in records if r.get("kind", "ratings") == kind]
+        assert len(tokens) == len(set(tokens)) == ROWS + PROBE  # every row once, and each mismatched pair once
+    assert (double / "selection" / "scores.jsonl").read_bytes() == (single / "selection" / "scores.jsonl").read_bytes()
+
+
 TRAIN_AND_REPORT = """
 import json, sys
 from pathlib import Path

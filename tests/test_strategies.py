@@ -15,6 +15,7 @@ from selectit_trl.formats import rating_samples, resolve_format
 from selectit_trl.losses import TargetRequests, iter_loss_batches
 from selectit_trl.probability_store import _valid, read_store
 from selectit_trl.prompts import RatingSample, build_target_requests
+from selectit_trl.report import write_report
 from selectit_trl.store import read_scores, read_summary, selection_dir
 
 # ---- the math -------------------------------------------------------------------------------------------------
@@ -159,6 +160,11 @@ def test_difficulty_strategy_end_to_end(kind, tiny_llama, demo_dataset, tmp_path
     assert [m["id"] for m in summary["models"]] == [tiny_llama] and summary["prompts"] == []
     stored = read_store(tmp_path).values()
     assert len(stored) == 12 and {r["kind"] for r in stored} == {kind}
+    # The report has no SelectIT ratings to show.
+    assert write_report(tmp_path).startswith(f"{kind} kept 3 of 12 samples")
+    report = (selection_dir(tmp_path) / "report.md").read_text()
+    assert f"by {kind}." in report and "Agreement across rating prompts" not in report
+    assert not (selection_dir(tmp_path) / "prompt_agreement.png").exists()
 
     def no_losses(*args, **kwargs):
         raise AssertionError("measured again")
@@ -202,6 +208,10 @@ def test_a_mix_combines_ranks_and_keeps_each_strategys_scores(tiny_llama, demo_d
     summary = read_summary(tmp_path)
     assert summary["strategy"] == {"selectit": 0.25, "ifd": 0.25, "length": 0.5}
     assert set(summary["scored_this_run"]) == {tiny_llama, f"ifd:{tiny_llama}"}
+    printed = write_report(tmp_path)
+    assert printed.startswith("selectit 0.25 + ifd 0.25 + length 0.50 kept 3 of 12 samples")
+    report = (selection_dir(tmp_path) / "report.md").read_text()
+    assert "## Strategies" in report and "| | selectit | ifd | length | combined |" in report
 
 
 def test_probe_scores_the_strategy(tiny_llama, demo_dataset, tmp_path):
