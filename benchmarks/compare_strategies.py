@@ -6,7 +6,8 @@
 Each strategy runs `selectit-trl score` on the quickstart recipe (the embedded SmolLM2-135M-Instruct in 4-bit
 NF4 with bf16 compute: the default user configuration) in a fresh process and output directory, with the
 signal probe on. The diversity modes run after SelectIT in its output directory, so they reuse its scores and
-their time is that of the embedding and the picking. Then it compares the kept sets (Jaccard), the rankings
+their time is that of the embedding and the picking; the SelectIT + IFD mix starts from copies of the SelectIT
+and IFD stores, so its time is that of combining them. Then it compares the kept sets (Jaccard), the rankings
 (Spearman), the time, and each strategy's probe AUROC, and writes benchmarks/results/strategies.json and the
 measured part of docs/strategies.md.
 
@@ -34,14 +35,15 @@ DOC = REPO / "docs" / "strategies.md"
 RESULTS = REPO / "benchmarks" / "results" / "strategies.json"
 START, END = "<!-- compare_strategies:start -->", "<!-- compare_strategies:end -->"
 
-# name -> extra command-line settings; "after" runs in that run's output directory, reusing its store.
+# name -> extra command-line settings. "after" runs in that run's output directory, reusing its store; "reuse"
+# starts from a copy of those runs' stores, so that a mix measures nothing its parts have measured.
 RUNS = {
     "selectit": {"args": ["--selection_strategy", "selectit"]},
     "ifd": {"args": ["--selection_strategy", "ifd"]},
     "rifd": {"args": ["--selection_strategy", "rifd"]},
     "length": {"args": ["--selection_strategy", "length"]},
     "random": {"args": ["--selection_strategy", "random"]},
-    "selectit+ifd": {"args": ["--selection_strategy", "selectit:0.5,ifd:0.5"]},
+    "selectit+ifd": {"args": ["--selection_strategy", "selectit:0.5,ifd:0.5"], "reuse": ["selectit", "ifd"]},
     "selectit, kcenter": {"args": ["--selection_strategy", "selectit", "--selection_diversity", "kcenter"], "after": "selectit"},
     "selectit, clusters": {"args": ["--selection_strategy", "selectit", "--selection_diversity", "clusters"], "after": "selectit"},
 }
@@ -63,6 +65,11 @@ def run(name: str, dataset: Path, work: Path, probe_size: int) -> dict:
         "--dataset_name", str(dataset), "--output_dir", str(output), "--selection_probe_size", str(probe_size),
         *spec["args"],
     ]
+    for part in spec.get("reuse", []):
+        for source in (work / part / "selection" / "store").glob("*.jsonl"):
+            target = output / "selection" / "store" / f"{part}-{source.name}"  # the store reads every *.jsonl
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, target)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     started = time.perf_counter()
     done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
@@ -151,9 +158,9 @@ def main() -> None:
     results = {}
     try:
         for name in names:
-            after = RUNS[name].get("after")
-            if after and after not in results:
-                results[after] = run(after, dataset, work, options.probe_size)
+            for part in [RUNS[name].get("after"), *RUNS[name].get("reuse", [])]:
+                if part and part not in results:
+                    results[part] = run(part, dataset, work, options.probe_size)
             results[name] = run(name, dataset, work, options.probe_size)
     finally:
         if options.keep is None:

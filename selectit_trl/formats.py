@@ -273,11 +273,19 @@ def training_dataset(dataset: Dataset, conversational: bool, fmt: str | None = N
         if fmt == "translation":
             # No space before the target: ALMA joins prompt and target as they are.
             return {"prompt": sample.instruction, "completion": sample.response}
-        if conversational:
-            return {
-                "prompt": [{"role": "user", "content": sample.instruction}],
-                "completion": [{"role": "assistant", "content": sample.response}],
-            }
-        return {"prompt": f"Instruction:\n{sample.instruction}\n\nResponse:\n", "completion": sample.response}
+        return training_row(sample, conversational)
 
     return dataset.map(convert, with_indices=True, remove_columns=dataset.column_names)
+
+
+def training_row(sample: RatingSample, conversational: bool) -> dict:
+    """An (instruction, response) pair as a prompt/completion row: chat turns with a chat template, else plain text.
+
+    The shape Alpaca and instruction/output rows train in; a recycled row (`recycling.py`) trains in it too.
+    """
+    if conversational:
+        return {
+            "prompt": [{"role": "user", "content": sample.instruction}],
+            "completion": [{"role": "assistant", "content": sample.response}],
+        }
+    return {"prompt": f"Instruction:\n{sample.instruction}\n\nResponse:\n", "completion": sample.response}

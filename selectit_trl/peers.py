@@ -35,19 +35,20 @@ class PeerSpec:
         return f"{self.model}@{self.revision}" if self.revision else self.model
 
 
-def parse_peer(entry) -> PeerSpec:
-    """One `selection_peer_models` entry as a `PeerSpec`; a malformed entry raises `SelectionConfigError`."""
+def parse_peer(entry, key: str = "selection_peer_models") -> PeerSpec:
+    """One `selection_peer_models` entry (or the `key` entry naming another model, such as the teacher) as a
+    `PeerSpec`; a malformed entry raises `SelectionConfigError`."""
     if isinstance(entry, str) and entry.lstrip().startswith("{"):
         try:
             entry = json.loads(entry)
         except json.JSONDecodeError as error:
-            raise SelectionConfigError(f"selection_peer_models entry {entry!r} is not valid JSON: {error}.") from None
+            raise SelectionConfigError(f"{key} entry {entry!r} is not valid JSON: {error}.") from None
     if isinstance(entry, str):
         if not entry.strip():
-            raise SelectionConfigError("selection_peer_models holds an empty model name.")
+            raise SelectionConfigError(f"{key} holds an empty model name.")
         return PeerSpec(entry)
     if not isinstance(entry, dict):
-        raise SelectionConfigError(f"selection_peer_models entries are model ids or mappings, got {entry!r}.")
+        raise SelectionConfigError(f"{key} entries are model ids or mappings, got {entry!r}.")
     unknown = set(entry) - {"model", "revision", "dtype", "load_in_4bit"}
     problems = [f"unknown key(s) {sorted(unknown)}"] if unknown else []
     if not isinstance(entry.get("model"), str) or not entry["model"].strip():
@@ -59,5 +60,5 @@ def parse_peer(entry) -> PeerSpec:
     if not isinstance(entry.get("load_in_4bit", True), bool):
         problems.append("'load_in_4bit' must be true or false")
     if problems:
-        raise SelectionConfigError(f"selection_peer_models entry {entry!r}: {'; '.join(problems)}.")
+        raise SelectionConfigError(f"{key} entry {entry!r}: {'; '.join(problems)}.")
     return PeerSpec(entry["model"], entry.get("revision"), entry.get("dtype"), entry.get("load_in_4bit", True))

@@ -11,6 +11,10 @@ or, for the IFD and reverse-IFD strategies, the two losses of the model being tu
     {"model": ..., "model_id": ..., "tokens": SHA256, "sample": SHA256, "kind": "ifd", "losses": [L_with, L_without],
      "truncated": false}
 
+or a teacher's rewrite (`recycling.py`), keyed by the teacher and the prompt's token ids:
+
+    {"model": ..., "model_id": ..., "tokens": SHA256, "kind": "rewrite", "text": "..."}
+
 A record is found again by the model's fingerprint (its weights as they run: configuration, dtype,
 quantisation, revision, files) and the hash of the token ids the model reads for the sample. That one hash
 covers the sample's content, the prompt set, the layout, the chat template, the tokenizer and any
@@ -53,6 +57,8 @@ def store_dir(output_dir) -> Path:
 def _valid(record) -> bool:
     if not isinstance(record, dict) or not isinstance(record.get("model"), str) or not isinstance(record.get("tokens"), str):
         return False
+    if "text" in record:  # a teacher's rewrite (recycling.py)
+        return isinstance(record["text"], str)
     if "losses" in record:  # IFD or reverse IFD: mean token losses, one per context
         losses = record["losses"]
         return (

@@ -12,12 +12,20 @@ import hashlib
 import json
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from . import diversity, probability_store, probe, reflection, store, strategies
+from . import (
+    diversity,
+    probability_store,
+    probe,
+    recycling,
+    reflection,
+    store,
+    strategies,
+)
 from .errors import RowFormatError, SelectionConfigError, StoredSelectionMismatch
 from .measuring import Difficulty, Measured, Measurer, Rater, Ratings
 from .prompts import RatingSample, load_prompts, token_counts
@@ -36,6 +44,7 @@ class SelectionResult:
     summary: dict
     path: Path
     reused: bool  # True when no forward pass ran: every measurement came from the store
+    recycled: dict[int, RatingSample] = field(default_factory=dict)  # rows that took a teacher's rewrite: the version
 
     @property
     def kept_indices(self) -> list[int]:
@@ -179,6 +188,19 @@ def _merged(measured: dict[str, Measured], field: str) -> dict[str, float | int]
     return {_label(kind, model): value for kind, result in measured.items() for model, value in getattr(result, field).items()}
 
 
+def _this_run(measured: dict[str, Measured], probe: _Evaluation | None, probed: int) -> tuple[dict, dict]:
+    """What this run measured, and the seconds it took, by `_label`: the probe's clean rows (its first `probed`
+    samples) count as rows, its mismatched pairs do not, and its seconds count in full."""
+    scored_now, seconds = _merged(measured, "scored_now"), _merged(measured, "seconds")
+    for kind, result in (probe.measured.items() if probe is not None else ()):
+        for model, flags in result.fresh.items():
+            if flags[:probed].any():
+                scored_now[_label(kind, model)] = scored_now.get(_label(kind, model), 0) + int(flags[:probed].sum())
+        for model, spent in result.seconds.items():
+            seconds[_label(kind, model)] = seconds.get(_label(kind, model), 0.0) + spent
+    return scored_now, seconds
+
+
 def run_selection(
     samples: Sequence[RatingSample],
     raters: Sequence[Rater],
@@ -192,8 +214,9 @@ def run_selection(
     shard: tuple[int, int] = (0, 1),
     barrier: Callable[[], None] = lambda: None,
     overwrite: bool | None = None,
+    teacher: Rater | None = None,
 ) -> SelectionResult:
-    """Run the signal probe (with `config.selection_probe`), measure what `config.selection_strategy` needs,
+    """Recycle the rows with `teacher` (when given; `recycling.py`), run the signal probe (with `config.selection_probe`), measure what `config.selection_strategy` needs,
     rank, select (with `config.selection_diversity`), and write `OUTPUT_DIR/selection/`.
 
     Measurements go to the score store (`probability_store`) batch by batch as they are made, and every one
@@ -215,6 +238,8 @@ def run_selection(
             the same in every process.
         overwrite: set the store aside and measure everything; by default `config.selection_overwrite`. The
             trainer passes it once only, so that `select()` then `train()` does not score twice.
+        teacher: the model that rewrites instructions and responses (`selection_teacher_model`). Each row then
+            goes on to selection as the version the model being tuned chose.
     """
     check_keeps_rows(len(samples), config)
     empty = empty_responses(samples, config.selection_strict)
@@ -232,22 +257,25 @@ def run_selection(
         if rank == 0:
             probability_store.set_aside(output_dir)
         barrier()
+    original = samples
+    recycled = None
+    if teacher is not None:
+        usable = np.ones(len(samples), dtype=bool)
+        usable[empty] = False
+        recycled = recycling.recycle(samples, teacher, measurer, config, usable, shard, barrier, progress)
+        samples = recycled.samples
     probe_summary, probed_rows, probe_evaluation = None, [], None
     if config.selection_probe:
         probe_summary, probed_rows, probe_evaluation = _probe(plan, measurer, samples, empty, write, required=False)
 
     evaluation = plan.evaluate(measurer, samples, probed_rows=probed_rows)
     measured = evaluation.measured
-    # What this run measured, the probe included: its clean rows count as rows, its mismatched pairs do not.
-    scored_now, seconds = _merged(measured, "scored_now"), _merged(measured, "seconds")
-    if probe_evaluation is not None:
-        for kind, result in probe_evaluation.measured.items():
-            for model, flags in result.fresh.items():
-                if flags[: len(probed_rows)].any():
-                    label = _label(kind, model)
-                    scored_now[label] = scored_now.get(label, 0) + int(flags[: len(probed_rows)].sum())
-            for model, spent in result.seconds.items():
-                seconds[_label(kind, model)] = seconds.get(_label(kind, model), 0.0) + spent
+    scored_now, seconds = _this_run(measured, probe_evaluation, len(probed_rows))
+    if recycled is not None:
+        for label, count in ((f"rewrite:{teacher.model_id}", recycled.generated),
+                             (f"recycling:{raters[0].model_id}", recycled.measured)):
+            if count:
+                scored_now[label] = count
     first = next(iter(measured.values()), None)
     unique = first.unique if first else len(set(samples))
     if unique < len(samples):
@@ -299,6 +327,9 @@ def run_selection(
             "strategy_scores": {name: float(values[i]) for name, values in evaluation.values.items()},
             **({"losses": {kind: values[i].tolist() for kind, values in losses.items()}} if losses else {}),
             **({"cluster": int(clusters[i])} if clusters is not None else {}),
+            **({"version": recycled.versions[i]} if recycled is not None else {}),
+            **({"recycled": {"instruction": samples[i].instruction, "response": samples[i].response}}
+               if recycled is not None and recycled.versions[i] != "original" else {}),
             "truncated": bool(truncated[i]),
             "response_chars": len(samples[i].response),
         }
@@ -319,7 +350,7 @@ def run_selection(
         "prompts": list(plan.ratings.prompts.requests) if plan.ratings else [],
         "rating_preamble": plan.ratings.prompts.preamble if plan.ratings else None,
         "scoring_key": {
-            "dataset_sha256": dataset_hash(samples),
+            "dataset_sha256": dataset_hash(original),
             "num_samples": len(samples),
             "prompts_sha256": plan.ratings.prompt_set if plan.ratings else None,
             "models": [
@@ -339,9 +370,18 @@ def run_selection(
     }
     if clusters is not None:
         summary["clusters"] = int(clusters.max()) + 1
+    if recycled is not None:
+        kept_versions = [recycled.versions[i] for i in selected]
+        summary["recycling"] = {
+            "teacher": teacher.model_id,
+            "versions": {v: recycled.versions.count(v) for v in recycling.VERSIONS},
+            "kept_versions": {v: kept_versions.count(v) for v in recycling.VERSIONS},
+            "seconds": recycled.seconds,
+        }
     path = store.write_selection(output_dir, records, summary) if write else store.selection_dir(output_dir)
     probe_ran = probe_evaluation is not None and any(r.scored_now for r in probe_evaluation.measured.values())
-    return SelectionResult(selected, scores, summary, path, reused=not scored_now and not probe_ran)
+    changed = {i: samples[i] for i in range(len(samples)) if recycled is not None and recycled.versions[i] != "original"}
+    return SelectionResult(selected, scores, summary, path, reused=not scored_now and not probe_ran, recycled=changed)
 
 
 def _probe(plan: _Plan, measurer: Measurer, samples: Sequence[RatingSample], empty: Sequence[int], write: bool,

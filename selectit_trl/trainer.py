@@ -36,6 +36,7 @@ from .models import (
 )
 from .peers import PeerSpec
 from .prompts import load_prompts, score_token_ids
+from .recycling import RECYCLABLE_FORMATS
 from .report import strategy_label
 from .scoring import cap_onednn_cache
 from .selection import (
@@ -138,7 +139,8 @@ class SelectiveSFTTrainer(SFTTrainer):
         allow_pickle = (args.model_init_kwargs or {}).get("use_safetensors") is False
         if isinstance(model, str):
             args.model_init_kwargs = {"use_safetensors": True, **(args.model_init_kwargs or {})}
-        for source in ([model] if isinstance(model, str) else []) + [peer.model for peer in args.peer_specs()]:
+        others = [*args.peer_specs(), *([args.teacher_spec()] if args.selection_teacher_model else [])]
+        for source in ([model] if isinstance(model, str) else []) + [peer.model for peer in others]:
             check_model_source(source, allow_pickle)
         if processing_class is None:
             processing_class = AutoTokenizer.from_pretrained(self._model_source, trust_remote_code=args.trust_remote_code)
@@ -170,6 +172,11 @@ class SelectiveSFTTrainer(SFTTrainer):
             score_token_ids(tokenizer, args.selection_score_max)
         if args.selection_diversity != "none":
             diversity.check_available(args)
+        if args.selection_teacher_model is not None and self.dataset_format not in RECYCLABLE_FORMATS:
+            raise SelectionConfigError(
+                f"selection_teacher_model rewrites single-turn instruction/response rows ({', '.join(RECYCLABLE_FORMATS)}); "
+                f"this dataset is {self.dataset_format}. Convert it, or select without a teacher."
+            )
         check_keeps_rows(len(self.rating_samples), args)
         empty_responses(self.rating_samples, args.selection_strict)
 
@@ -180,7 +187,7 @@ class SelectiveSFTTrainer(SFTTrainer):
                      max_positions=_context_length(config))
 
     def _peer_rater(self, peer: PeerSpec) -> Rater:
-        """A peer, loaded only when its turn comes: in 4-bit NF4 unless its entry says otherwise."""
+        """A peer (or the teacher), loaded only when its turn comes: in 4-bit NF4 unless its entry says otherwise."""
         remote = self.args.trust_remote_code
         init_kwargs = {"use_safetensors": True, **(self.args.model_init_kwargs or {})}
         for tuned_only in ("revision", "dtype", "torch_dtype", "quantization_config", "device_map", "attn_implementation"):
@@ -277,6 +284,7 @@ class SelectiveSFTTrainer(SFTTrainer):
                     shard=(state.process_index, state.num_processes),
                     barrier=self.accelerator.wait_for_everyone,
                     overwrite=self.args.selection_overwrite and not self._store_set_aside,
+                    teacher=self._peer_rater(self.args.teacher_spec()) if self.args.selection_teacher_model else None,
                 )
                 self._store_set_aside = True
             except StoredSelectionMismatch:
@@ -314,7 +322,14 @@ class SelectiveSFTTrainer(SFTTrainer):
         resuming = bool(resume_from_checkpoint)
         expected = self._checkpoint_subset(resume_from_checkpoint) if resuming else None
         result = self._select(resuming=resuming, expected_indices_sha256=expected)
-        subset = self._selection_pool.select(result.kept_indices)
+        kept = result.kept_indices
+        subset = self._selection_pool.select(kept)
+        if result.recycled:
+            # Rows that took a teacher's rewrite train on it, in the shape their format trains in.
+            conversational = bool(getattr(self.processing_class, "chat_template", None))
+            rewrites = {j: formats.training_row(result.recycled[i], conversational)
+                        for j, i in enumerate(kept) if i in result.recycled}
+            subset = subset.map(lambda row, j: rewrites.get(j, row), with_indices=True)
         if not self._skip_prepare_dataset:
             subset = self._prepare_dataset(
                 subset, self.processing_class, self.args, self.args.packing, self._formatting_func, "train"
