@@ -28,26 +28,43 @@ def selection_metrics(summary: dict) -> dict[str, float]:
     probe = summary.get("probe")
     if probe:
         metrics["selection/probe_auroc"] = float(probe["auroc"]["combined"])
-        for model in summary["models"]:
-            metrics[f"selection/probe_auroc/{model['id']}"] = float(probe["auroc"][model["id"]])
+        # Per SelectIT model, and per strategy of a mix: other strategies have only the combined value.
+        for scorer, value in {**probe["auroc"], **probe.get("auroc_by_strategy", {})}.items():
+            if scorer != "combined":
+                metrics[f"selection/probe_auroc/{scorer}"] = float(value)
     return metrics
 
 
 def card_section(summary: dict) -> str:
     """The model card's "Data selection" section, in Markdown."""
+    from .report import strategy_label, strategy_of
+
     settings = summary["selection_config"]
     counts = summary["counts"]
     probe = summary.get("probe")
+    selectit = "selectit" in strategy_of(summary)
+    label = strategy_label(summary)
     rows = [
-        ("Method", f"{PAPER}, run by selectit-trl"),
+        ("Method", f"{PAPER}, run by selectit-trl" if label == "SelectIT" else f"{label}, run by selectit-trl"),
         ("Kept", f"{counts['selected']:,} of {counts['total']:,} rows ({100 * counts['selected'] / max(counts['total'], 1):.1f}%)"),
         ("Ratio", f"{settings['selection_ratio']}" if not settings.get("selection_max_samples")
          else f"unused: selection_max_samples = {settings['selection_max_samples']}"),
-        ("Rating prompts (K)", str(settings["selection_num_prompts"])),
-        ("Rating scale (S)", f"1..{settings['selection_score_max']}"),
-        ("α (prompt disagreement penalty)", str(settings["selection_alpha"])),
-        ("Normalisation", settings["selection_normalization"]),
-        ("Prompt layout", settings["selection_prompt_layout"]),
+    ]
+    if selectit:
+        rows += [
+            ("Rating prompts (K)", str(settings["selection_num_prompts"])),
+            ("Rating scale (S)", f"1..{settings['selection_score_max']}"),
+            ("α (prompt disagreement penalty)", str(settings["selection_alpha"])),
+            ("Normalisation", settings["selection_normalization"]),
+            ("Prompt layout", settings["selection_prompt_layout"]),
+        ]
+    if settings.get("selection_diversity", "none") != "none":
+        rows.append(("Diversity", settings["selection_diversity"]))
+    if summary.get("recycling"):
+        kept = summary["recycling"]["kept_versions"]
+        rows.append(("Recycled by a teacher", f"{summary['recycling']['teacher']}; kept rows: "
+                     + ", ".join(f"{n:,} {version}" for version, n in kept.items())))
+    rows += [
         ("Signal probe AUROC", f"{probe['auroc']['combined']:.3f} on {probe['pairs']} clean against {probe['pairs']} "
                                "mismatched pairs (0.5 is chance)" if probe else "not run"),
         ("Kept indices (sha256)", f"`{summary['selected_indices_sha256']}`"),
@@ -57,13 +74,15 @@ def card_section(summary: dict) -> str:
         SECTION_TITLE,
         "",
         "This model was tuned on a subset of its training data chosen by the model itself: it rated every row with "
-        "several rating prompts, and the rows rated highest and most consistently were kept.",
+        "several rating prompts, and the rows rated highest and most consistently were kept." if label == "SelectIT" else
+        f"This model was tuned on a subset of its training data chosen by {label} (see docs/strategies.md of "
+        "selectit-trl).",
         "",
         "| Setting | Value |",
         "|---|---|",
         *[f"| {name} | {value} |" for name, value in rows],
         "",
-        "| Rating model | Parameters | Weight |",
+        "| Model | Parameters | Weight |",
         "|---|---:|---:|",
         *models,
         "",

@@ -95,10 +95,13 @@ def _print_probe(result: dict, output_dir) -> None:
     from .probe import PROBE_FILE
     from .store import selection_dir
 
-    width = max(len(m) for m in result["auroc"])
+    # Per SelectIT model, then per strategy of a mix, then the ranking the selection uses.
+    scorers = {**{m: v for m, v in result["auroc"].items() if m != "combined"}, **result.get("auroc_by_strategy", {}),
+               "combined": result["auroc"]["combined"]}
+    width = max(len(m) for m in scorers)
     print(f"Signal probe: {result['pairs']} real pairs against {result['pairs']} mismatched ones (0.5 is chance).")
-    for model, value in result["auroc"].items():
-        print(f"  {model:<{width}}  AUROC {value:.3f}")
+    for scorer, value in scorers.items():
+        print(f"  {scorer:<{width}}  AUROC {value:.3f}")
     if result["below_threshold"]:  # the log has said why this matters
         print(f"Below the threshold of {result['threshold']}.")
     print(f"Per-pair scores: {selection_dir(output_dir) / PROBE_FILE}")

@@ -348,6 +348,15 @@ def report_text(output_dir, files: ScoreFiles, stats: dict, plots: dict[str, Pat
         "|---|---:|---:|",
         *[f"| {m['id']} | {m['num_parameters']:,} | {m['weight']:.4f} |" for m in summary["models"]],
         "",
+    ]
+    recycling = summary.get("recycling")
+    if recycling:
+        def listed(counts):
+            return ", ".join(f"{n:,} {version}" for version, n in counts.items())
+
+        lines += [f"Recycled with the teacher {recycling['teacher']}: the rows took {listed(recycling['versions'])}; "
+                  f"the kept rows, {listed(recycling['kept_versions'])} (`version` in scores.jsonl).", ""]
+    lines += [
         "## Signal probe",
         "",
     ]

@@ -85,6 +85,20 @@ def test_two_processes_share_ifd_losses_too(tiny_llama, data, tmp_path):
     assert (double / "selection" / "scores.jsonl").read_bytes() == (single / "selection" / "scores.jsonl").read_bytes()
 
 
+def test_two_processes_share_a_teachers_rewrites(tiny_llama, embedded_dir, data, tmp_path):
+    single, double = tmp_path / "single", tmp_path / "double"
+    teacher = {"selection_teacher_model": json.dumps({"model": embedded_dir, "load_in_4bit": False, "dtype": "float32"}),
+               "selection_teacher_max_new_tokens": 4, "selection_teacher_batch_size": 4, "selection_probe": False}
+    run([sys.executable, "-m", "selectit_trl.cli", "score", "--config", str(recipe(tmp_path, tiny_llama, data, single, **teacher))])
+    launch("score", "--config", str(recipe(tmp_path, tiny_llama, data, double, **teacher)))
+    rewrites = {p.name: [json.loads(line)["tokens"] for line in p.read_text().splitlines() if '"kind": "rewrite"' in line]
+                for p in (double / "selection" / "store").glob("*.jsonl")}
+    assert set(rewrites) == {"rank0.jsonl", "rank1.jsonl"} and all(rewrites.values())  # each process wrote a share
+    tokens = [t for share in rewrites.values() for t in share]
+    assert len(tokens) == len(set(tokens)) >= 2 * ROWS  # each text once, by one process
+    assert (double / "selection" / "scores.jsonl").read_bytes() == (single / "selection" / "scores.jsonl").read_bytes()
+
+
 TRAIN_AND_REPORT = """
 import json, sys
 from pathlib import Path

@@ -13,6 +13,7 @@ from selectit_trl.errors import SelectionConfigError
 from selectit_trl.formats import rating_samples, resolve_format
 from selectit_trl.probability_store import _valid, read_store
 from selectit_trl.prompts import RatingSample, build_target_requests
+from selectit_trl.report import write_report
 from selectit_trl.store import read_scores, read_summary
 
 NEW_TOKENS = 6
@@ -101,6 +102,8 @@ def test_recycling_end_to_end(tiny_llama, teacher, demo_dataset, tmp_path, monke
     assert summary["recycling"]["versions"] == {v: versions.count(v) for v in recycling.VERSIONS}
     kept = [i for i, r in enumerate(records) if r["selected"]]
     assert summary["recycling"]["kept_versions"] == {v: [versions[i] for i in kept].count(v) for v in recycling.VERSIONS}
+    report = write_report(tmp_path) and (tmp_path / "selection" / "report.md").read_text()
+    assert f"Recycled with the teacher {teacher}: the rows took {versions.count('original')} original" in report
     # Three texts per row: new instruction, its answer, new response; all in the store.
     rewrites = [r for r in read_store(tmp_path).values() if r.get("kind") == "rewrite"]
     assert len(rewrites) == 3 * 8 and summary["scored_this_run"][f"rewrite:{teacher}"] == 3 * 8
