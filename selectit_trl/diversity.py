@@ -161,6 +161,8 @@ def cluster_pick(embeddings: np.ndarray, scores: np.ndarray, eligible: np.ndarra
 
     scores = np.asarray(scores, dtype=np.float64)
     candidates = np.flatnonzero(eligible)
+    if not len(candidates):
+        return [], np.zeros(len(scores), dtype=np.int64)
     count = min(count, len(candidates))
     clusters = min(clusters or max(1, round(math.sqrt(count))), len(candidates))
     vectors = np.asarray(embeddings, dtype=np.float64)

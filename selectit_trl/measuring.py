@@ -78,7 +78,7 @@ def token_hashes(requests: Sequence[SampleRequests], token_ids: Sequence[int]) -
     return hashes
 
 
-def _pad_id(tokenizer) -> int:
+def pad_id(tokenizer) -> int:
     # Padded positions are masked out, so any valid id will do.
     for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0):
         if candidate is not None:
@@ -130,7 +130,7 @@ class Ratings:
 
     def batches(self, model, rater: Rater, requests, **options):
         token_ids = score_token_ids(rater.tokenizer, self.config.selection_score_max)
-        return iter_score_batches(model, requests, token_ids, _pad_id(rater.tokenizer), **options)
+        return iter_score_batches(model, requests, token_ids, pad_id(rater.tokenizer), **options)
 
     def record_fields(self) -> dict:
         """What each store record says besides its values, for people inspecting the store."""
@@ -170,7 +170,7 @@ class Difficulty:
         return hashes
 
     def batches(self, model, rater: Rater, requests, **options):
-        return iter_loss_batches(model, requests, _pad_id(rater.tokenizer), **options)
+        return iter_loss_batches(model, requests, pad_id(rater.tokenizer), **options)
 
     def record_fields(self) -> dict:
         return {"kind": self.kind}

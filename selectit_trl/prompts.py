@@ -252,20 +252,25 @@ REVERSE_REQUEST = "Which instruction was the text above written for? Write the i
 DIFFICULTY_KINDS = ("ifd", "rifd")
 
 
-def _turn_texts(user_texts: Sequence[str], tokenizer, use_chat_template: bool) -> list[str]:
-    """Each text as one user turn, up to where the model's reply starts; "" is a turn with nothing said."""
+def turn_texts(user_texts: Sequence[str], tokenizer, use_chat_template: bool = True) -> list[str]:
+    """Each text as one user turn, up to where the model's reply starts; "" is a turn with nothing said.
+
+    Through the chat template when the tokenizer has one; otherwise in the plain layout that Alpaca rows train
+    in (`formats.training_row`), without the instruction block when there is no instruction.
+    """
     if use_chat_template and getattr(tokenizer, "chat_template", None):
         return [
             tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True)
             for text in user_texts
         ]
-    return [(f"{text}\n\n" if text else "") + "Response:\n" for text in user_texts]
+    return [(f"Instruction:\n{text}\n\n" if text else "") + "Response:\n" for text in user_texts]
 
 
 def build_target_requests(samples: Sequence[RatingSample], tokenizer, kind: str, use_chat_template: bool = True) -> list:
     """Token ids of the IFD (`kind="ifd"`) or reverse-IFD (`"rifd"`) requests: a target and two contexts per sample.
 
-    IFD's target is the response, read after the instruction's user turn and after an empty user turn.
+    IFD's target is the response, read after the instruction's user turn and after an empty user turn (see
+    `turn_texts`).
     Reverse IFD's target is the instruction, read after a user turn holding the response and `REVERSE_REQUEST`,
     and after an empty user turn. The contexts differ only by what is measured, and the target is the same
     token ids after both, so the ratio of their losses compares like with like. Contexts render through the
@@ -282,18 +287,18 @@ def build_target_requests(samples: Sequence[RatingSample], tokenizer, kind: str,
         targets = [s.instruction for s in samples]
     # Without a template, a BOS the tokenizer would add goes in front of every context.
     head = np.asarray([] if chat else _leading_special_ids(tokenizer), dtype=np.int32)
-    empty = np.concatenate([head, _token_arrays(tokenizer, _turn_texts([""], tokenizer, use_chat_template))[0]])
-    contexts = _token_arrays(tokenizer, _turn_texts(users, tokenizer, use_chat_template))
-    # An empty target (an empty response, never kept anyway) is measured on the end-of-text token instead, so
-    # that every sample has a finite loss.
-    stand_in = np.asarray([_pad_or_eos(tokenizer)], dtype=np.int32)
+    empty = np.concatenate([head, _token_arrays(tokenizer, turn_texts([""], tokenizer, use_chat_template))[0]])
+    contexts = _token_arrays(tokenizer, turn_texts(users, tokenizer, use_chat_template))
+    # An empty target (an empty response or instruction, never kept under IFD or r-IFD) is measured on the
+    # end-of-text token instead, so that every sample has a finite loss.
+    stand_in = np.asarray([_end_of_text_id(tokenizer)], dtype=np.int32)
     return [
         TargetRequests((np.concatenate([head, context]), empty), target if len(target) else stand_in)
         for context, target in zip(contexts, _token_arrays(tokenizer, targets))
     ]
 
 
-def _pad_or_eos(tokenizer) -> int:
+def _end_of_text_id(tokenizer) -> int:
     return tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
 
 

@@ -388,9 +388,10 @@ def report_text(output_dir, files: ScoreFiles, stats: dict, plots: dict[str, Pat
         f"max {_number(q[1.0])}. Lowest kept score (the cut-off): {_number(stats['cutoff'])}.",
         "",
     ]
-    if stats["barred"]:
-        lines += ["Never kept, as the strategy bars them: " + ", ".join(
-            f"{count:,} row(s) with {name.upper()} > 1" for name, count in stats["barred"].items()) + ".", ""]
+    barred = [f"{count:,} row(s) with " + ("an empty instruction" if name == "empty_instruction" else f"{name.upper()} > 1")
+              for name, count in stats["barred"].items() if count]
+    if barred:
+        lines += ["Never kept, as the strategy bars them: " + ", ".join(barred) + ".", ""]
     if "strategy_spearman" in stats:
         labels = [*files.strategy_values, "combined"]
         lines += ["## Strategies", "", "Spearman rank correlation of each strategy's values and the combined score:", "",

@@ -39,7 +39,7 @@ FORMAT_VERSION = 1
 class SelectionResult:
     """The outcome of a selection, as also written to `OUTPUT_DIR/selection/`."""
 
-    selected_indices: list[int]  # best first
+    selected_indices: list[int]  # in selection order: best first, or the order selection_diversity picked them
     scores: np.ndarray  # what the selection ranked by, for every sample in dataset order (see `strategies.score`)
     summary: dict
     path: Path
@@ -106,14 +106,13 @@ def _examples(samples: Sequence[RatingSample], scores: np.ndarray, eligible: np.
     return {"top": [describe(i) for i in order[:count]], "bottom": [describe(i) for i in order[::-1][:count]]}
 
 
-
 @dataclass
 class _Evaluation:
     """Every strategy's values for a list of samples, with what they were computed from."""
 
     values: dict[str, np.ndarray]  # strategy -> [N]
     measured: dict[str, Measured]  # measurement kind -> each model's values
-    selectit: tuple | None  # (token scores by model, sentence scores by model, model weights) when SelectIT is used
+    selectit: tuple | None  # (token scores by model, sentence scores by model) when SelectIT is used
 
 
 class _Plan:
@@ -149,6 +148,16 @@ class _Plan:
     @property
     def ratings(self) -> Ratings | None:
         return self.measures.get("ratings")
+
+    @property
+    def needs_instructions(self) -> bool:
+        """IFD and r-IFD compare contexts with and without the instruction, which an empty one makes equal."""
+        return "ifd" in self.weights or "rifd" in self.weights
+
+    def keepable(self, samples: Sequence[RatingSample]) -> np.ndarray:
+        """Rows that may be kept whatever their scores: a response, and an instruction where the strategy needs one."""
+        return np.array([bool(s.response.strip()) and (bool(s.instruction.strip()) or not self.needs_instructions)
+                         for s in samples], dtype=bool)
 
     def models(self) -> list[Rater]:
         """The models whose measurements the strategy uses."""
@@ -216,8 +225,11 @@ def run_selection(
     overwrite: bool | None = None,
     teacher: Rater | None = None,
 ) -> SelectionResult:
-    """Recycle the rows with `teacher` (when given; `recycling.py`), run the signal probe (with `config.selection_probe`), measure what `config.selection_strategy` needs,
-    rank, select (with `config.selection_diversity`), and write `OUTPUT_DIR/selection/`.
+    """Select rows as `config` says, and write `OUTPUT_DIR/selection/`.
+
+    In order: recycle the rows with `teacher` (when given; `recycling.py`), run the signal probe (with
+    `config.selection_probe`), measure what `config.selection_strategy` needs, rank, and select (with
+    `config.selection_diversity`).
 
     Measurements go to the score store (`probability_store`) batch by batch as they are made, and every one
     the store already holds for the same token ids and weights (see `measuring.token_hashes` and
@@ -283,16 +295,16 @@ def run_selection(
     if measured and not scored_now:
         logger.info("Every measurement came from the score store in %s.", probability_store.store_dir(output_dir))
 
-    ranked = strategies.score(plan.weights, evaluation.values)
-    scores = ranked.ranking
-    eligible = ranked.eligible.copy()
-    eligible[empty] = False
+    ranked = strategies.score(plan.weights, evaluation.values, plan.keepable(samples))
+    scores, eligible = ranked.ranking, ranked.eligible
     barred = {name: int((~(evaluation.values[name] <= 1.0)).sum()) for name in ("ifd", "rifd") if name in plan.weights}
+    if plan.needs_instructions:
+        barred["empty_instruction"] = sum(not s.instruction.strip() for s in samples)
     wanted = reflection.num_to_keep(len(samples), config.selection_ratio, config.selection_max_samples)
     if int(eligible.sum()) < wanted:
         logger.warning(
             "Only %d row(s) may be kept (%s), fewer than the %d asked for: keeping them all.",
-            int(eligible.sum()), ", ".join(f"{n} with {name.upper()} > 1" for name, n in barred.items()) or "empty responses",
+            int(eligible.sum()), ", ".join(f"{n} barred by {name}" for name, n in barred.items()) or "empty responses",
             wanted,
         )
     clusters = None
@@ -413,7 +425,8 @@ def _probe(plan: _Plan, measurer: Measurer, samples: Sequence[RatingSample], emp
             raise
         logger.info("The signal probe's pairs are not all in the store, and this run may not measure: skipping it.")
         return None, [], None
-    ranked = strategies.score(plan.weights, evaluation.values)
+    keepable = plan.keepable(pairs)
+    ranked = strategies.score(plan.weights, evaluation.values, keepable)
     combined = probe.bottom_barred(ranked.ranking, ranked.eligible)
     aurocs = {}
     if evaluation.selectit:
@@ -422,7 +435,7 @@ def _probe(plan: _Plan, measurer: Measurer, samples: Sequence[RatingSample], emp
     by_strategy = {}
     if len(plan.weights) > 1:
         for name in plan.weights:
-            alone = strategies.score({name: 1.0}, evaluation.values)
+            alone = strategies.score({name: 1.0}, evaluation.values, keepable)
             by_strategy[name] = probe.auroc(probe.bottom_barred(alone.ranking, alone.eligible), labels)
     threshold = config.selection_probe_threshold
     result = {

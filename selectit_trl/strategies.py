@@ -12,8 +12,8 @@
 * `random`: a uniform draw, fixed by the seed (the paper's random baseline).
 
 A combination weighs strategies by rank: each sample's score is the weighted mean, over the strategies, of its
-rank percentile under that strategy, so that scores on different scales mix evenly. A sample barred by any
-strategy in the combination is never kept.
+rank percentile under that strategy among the samples that may be kept, so that scores on different scales mix
+evenly. A sample barred by any strategy in the combination is never kept, and scores 0.
 """
 
 from __future__ import annotations
@@ -95,14 +95,16 @@ def _ranking_key(name: str, values: np.ndarray) -> np.ndarray:
     return 1.0 / values if name == "rifd" else values
 
 
-def score(weights: Mapping[str, float], values: Mapping[str, np.ndarray]) -> StrategyScores:
+def score(weights: Mapping[str, float], values: Mapping[str, np.ndarray], keepable: np.ndarray | None = None) -> StrategyScores:
     """Rank the samples under `weights` (from `parse_strategy`), given each strategy's values.
 
-    One strategy ranks by its own value (1 / r-IFD for `rifd`); several rank by the weighted mean rank
-    percentile, in (0, 1], ties sharing their mean rank.
+    One strategy ranks by its own value (1 / r-IFD for `rifd`). Several rank by the weighted mean of the rank
+    percentiles among the samples that may be kept, in (0, 1], ties sharing their mean rank; the others
+    score 0. Barred from keeping: samples outside `keepable` (empty responses, say) and samples whose IFD or
+    r-IFD exceeds 1 when that strategy takes part.
     """
     n = len(next(iter(values.values())))
-    eligible = np.ones(n, dtype=bool)
+    eligible = np.ones(n, dtype=bool) if keepable is None else np.asarray(keepable, dtype=bool).copy()
     for name in ("ifd", "rifd"):
         if name in weights:
             eligible &= values[name] <= 1.0  # NaN compares False: never kept
@@ -110,7 +112,12 @@ def score(weights: Mapping[str, float], values: Mapping[str, np.ndarray]) -> Str
     if len(weights) == 1:
         ranking = next(iter(keys.values()))
     else:
-        ranking = sum(weight * rankdata(np.nan_to_num(keys[name], nan=-np.inf)) / n for name, weight in weights.items())
+        # Percentiles among the keepable rows only: barred rows (the highest IFDs, often) would otherwise take
+        # the top ranks of a strategy and shrink its weight in the mix.
+        ranking = np.zeros(n)
+        count = int(eligible.sum())
+        for name, weight in weights.items():
+            ranking[eligible] += weight * rankdata(np.nan_to_num(keys[name][eligible], nan=-np.inf)) / max(count, 1)
     return StrategyScores({name: np.asarray(values[name], dtype=np.float64) for name in weights}, ranking, eligible)
 
 

@@ -97,6 +97,8 @@ def test_two_processes_share_a_teachers_rewrites(tiny_llama, embedded_dir, data,
     tokens = [t for share in rewrites.values() for t in share]
     assert len(tokens) == len(set(tokens)) >= 2 * ROWS  # each text once, by one process
     assert (double / "selection" / "scores.jsonl").read_bytes() == (single / "selection" / "scores.jsonl").read_bytes()
+    one, two = (json.loads((d / "selection" / "summary.json").read_text())["scored_this_run"] for d in (single, double))
+    assert one[f"rewrite:{embedded_dir}"] == two[f"rewrite:{embedded_dir}"] == len(tokens)  # both processes' texts
 
 
 TRAIN_AND_REPORT = """

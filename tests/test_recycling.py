@@ -12,7 +12,7 @@ from selectit_trl import SelectiveSFTTrainer, measuring, recycling, strategies
 from selectit_trl.errors import SelectionConfigError
 from selectit_trl.formats import rating_samples, resolve_format
 from selectit_trl.probability_store import _valid, read_store
-from selectit_trl.prompts import RatingSample, build_target_requests
+from selectit_trl.prompts import RatingSample, build_target_requests, turn_texts
 from selectit_trl.report import write_report
 from selectit_trl.store import read_scores, read_summary
 
@@ -20,11 +20,12 @@ NEW_TOKENS = 6
 
 
 def test_the_student_keeps_a_harder_instruction_and_a_more_telling_response():
-    usable = np.array([True, True, False, True])
-    assert recycling.choose_instruction(np.array([0.5, 0.9, 0.1, 0.7]), np.array([0.6, 0.8, 0.9, 0.7]), usable).tolist() == [
-        True, False, False, False]  # higher IFD wins; a tie or an unusable rewrite keeps the original
-    assert recycling.choose_response(np.array([0.5, 0.9, 0.9, 0.7]), np.array([0.4, 1.0, 0.1, 0.7]), usable).tolist() == [
-        True, False, False, False]  # lower r-IFD wins
+    usable = np.array([True, True, False, True, True])
+    assert recycling.choose_instruction(np.array([0.5, 0.9, 0.1, 0.7, 0.9]), np.array([0.6, 0.8, 0.9, 0.7, 1.2]),
+                                        usable).tolist() == [True, False, False, False, False]
+    # higher IFD wins; a tie, an unusable rewrite or a misaligned one (IFD > 1) keeps the original
+    assert recycling.choose_response(np.array([0.5, 0.9, 0.9, 0.7, 1.5]), np.array([0.4, 1.0, 0.1, 0.7, 1.2]),
+                                     usable).tolist() == [True, False, False, False, False]  # lower r-IFD wins, if <= 1
     assert _valid({"model": "m", "tokens": "t", "kind": "rewrite", "text": "A new instruction."})
     assert not _valid({"model": "m", "tokens": "t", "kind": "rewrite", "text": 3})
 
@@ -47,9 +48,9 @@ def test_batched_generation_matches_one_prompt_at_a_time(teacher):
     tokenizer = AutoTokenizer.from_pretrained(teacher)
     model = AutoModelForCausalLM.from_pretrained(teacher, dtype=torch.float32).eval()
     texts = ["Name a colour.", "Explain photosynthesis to a child in a few short and simple sentences.", "Add 2 and 3."]
-    prompts = [np.asarray(tokenizer(recycling._render(tokenizer, t), add_special_tokens=False)["input_ids"]) for t in texts]
+    prompts = [np.asarray(tokenizer(turn_texts([t], tokenizer)[0], add_special_tokens=False)["input_ids"]) for t in texts]
     batched = recycling.generate(model, tokenizer, prompts, NEW_TOKENS)
-    assert batched == [unbatched_generation(model, tokenizer, recycling._render(tokenizer, t)) for t in texts]
+    assert batched == [unbatched_generation(model, tokenizer, turn_texts([t], tokenizer)[0]) for t in texts]
 
 
 def expected_versions(student_dir, teacher_dir, samples):
@@ -60,7 +61,7 @@ def expected_versions(student_dir, teacher_dir, samples):
     student_tokenizer = AutoTokenizer.from_pretrained(student_dir)
 
     def write(request: str) -> str:
-        return unbatched_generation(teacher, tokenizer, recycling._render(tokenizer, request))
+        return unbatched_generation(teacher, tokenizer, turn_texts([request], tokenizer)[0])
 
     def ratio(sample, kind):
         request = build_target_requests([sample], student_tokenizer, kind)[0]
@@ -71,11 +72,12 @@ def expected_versions(student_dir, teacher_dir, samples):
     for sample in samples:
         question = write(recycling.INSTRUCTION_REQUEST.format(instruction=sample.instruction, response=sample.response))
         rewrite = RatingSample(question, write(question))
-        new_instruction = bool(rewrite.instruction and rewrite.response) and ratio(rewrite, "ifd") > ratio(sample, "ifd")
+        new_ifd = ratio(rewrite, "ifd") if rewrite.instruction and rewrite.response else None
+        new_instruction = new_ifd is not None and ratio(sample, "ifd") < new_ifd <= 1
         current = rewrite if new_instruction else sample
         response = write(recycling.RESPONSE_REQUEST.format(instruction=current.instruction, response=current.response))
         candidate = RatingSample(current.instruction, response)
-        new_response = bool(response) and ratio(candidate, "rifd") < ratio(current, "rifd")
+        new_response = bool(response) and ratio(candidate, "rifd") < ratio(current, "rifd") and ratio(candidate, "rifd") <= 1
         versions.append(recycling.VERSIONS[int(new_instruction) + 2 * int(new_response)])
         chosen.append(candidate if new_response else current)
     return versions, chosen

@@ -58,6 +58,18 @@ def test_a_mix_weighs_rank_percentiles():
     assert ranked.eligible.all()
 
 
+def test_a_mix_ranks_among_the_rows_that_may_be_kept():
+    values = {"ifd": np.array([0.9, 1.4, 0.5, 0.7, 0.8]), "length": np.array([5.0, 50.0, 40.0, 30.0, 10.0])}
+    keepable = np.array([True, True, True, True, False])  # row 4: an empty response, say
+    ranked = strategies.score({"ifd": 0.5, "length": 0.5}, values, keepable)
+    assert ranked.eligible.tolist() == [True, False, True, True, False]  # row 1: IFD > 1
+    # Among rows 0, 2, 3: IFD ranks 3, 1, 2 and length 1, 3, 2, each over 3; the barred rows score 0.
+    expected = [0.5 * 3 / 3 + 0.5 * 1 / 3, 0.0, 0.5 * 1 / 3 + 0.5 * 3 / 3, 0.5 * 2 / 3 + 0.5 * 2 / 3, 0.0]
+    assert ranked.ranking.tolist() == pytest.approx(expected, abs=1e-15)
+    alone = strategies.score({"length": 1.0}, values, keepable)
+    assert alone.eligible.tolist() == keepable.tolist() and alone.ranking.tolist() == values["length"].tolist()
+
+
 def test_random_draws_are_fixed_by_the_seed():
     assert strategies.random_values(5, 3).tolist() == np.random.default_rng(3).random(5).tolist()
     assert strategies.random_values(5, 3).tolist() != strategies.random_values(5, 4).tolist()
@@ -117,7 +129,7 @@ def test_loss_requests_differ_only_by_what_is_measured(tokenizer):
     assert "Add 2 and 3." in tokenizer.decode(ifd.contexts[0]) and "Add 2 and 3." not in tokenizer.decode(ifd.contexts[1])
     assert "5" in tokenizer.decode(rifd.contexts[0]) and ifd.contexts[1].tolist() == rifd.contexts[1].tolist()
     plain = build_target_requests([sample], tokenizer, "ifd", use_chat_template=False)[0]
-    assert tokenizer.decode(plain.contexts[0]) == "Add 2 and 3.\n\nResponse:\n"
+    assert tokenizer.decode(plain.contexts[0]) == "Instruction:\nAdd 2 and 3.\n\nResponse:\n"  # as Alpaca rows train
     assert tokenizer.decode(plain.contexts[1]) == "Response:\n"
     empty = build_target_requests([RatingSample("Say nothing.", "")], tokenizer, "ifd")[0]
     assert empty.target.tolist() == [tokenizer.eos_token_id]  # measured on end-of-text, never kept anyway
@@ -147,6 +159,7 @@ def test_difficulty_strategy_end_to_end(kind, tiny_llama, demo_dataset, tmp_path
     trainer.train()
     losses = expected_losses(tiny_llama, dataset, kind)
     value = strategies.ifd(losses) if kind == "ifd" else strategies.rifd(losses)
+    assert (value > 1).any() and (value <= 1).sum() >= 3, "the rows should exercise the bar and still fill the subset"
     records = read_scores(tmp_path)
     written = np.array([r["strategy_scores"][kind] for r in records])
     np.testing.assert_allclose(written, value, atol=1e-4, rtol=0)
@@ -156,7 +169,7 @@ def test_difficulty_strategy_end_to_end(kind, tiny_llama, demo_dataset, tmp_path
     kept = top_eligible(ranking, value <= 1, 3)
     assert sorted(i for i, r in enumerate(records) if r["selected"]) == sorted(kept)
     summary = read_summary(tmp_path)
-    assert summary["strategy"] == {kind: 1.0} and summary["barred"] == {kind: int((value > 1).sum())}
+    assert summary["strategy"] == {kind: 1.0} and summary["barred"] == {kind: int((value > 1).sum()), "empty_instruction": 0}
     assert summary["scored_this_run"] == {f"{kind}:{tiny_llama}": 12}
     assert [m["id"] for m in summary["models"]] == [tiny_llama] and summary["prompts"] == []
     stored = read_store(tmp_path).values()
@@ -205,9 +218,13 @@ def test_a_mix_combines_ranks_and_keeps_each_strategys_scores(tiny_llama, demo_d
     records = read_scores(tmp_path)
     columns = {name: np.array([r["strategy_scores"][name] for r in records]) for name in ("selectit", "ifd", "length")}
     np.testing.assert_allclose(columns["selectit"], [r["sentence_scores"][tiny_llama] for r in records], rtol=0, atol=0)
-    expected = sum(w * rankdata(columns[n]) / 12 for n, w in {"selectit": 0.25, "ifd": 0.25, "length": 0.5}.items())
+    eligible = columns["ifd"] <= 1
+    assert 3 <= eligible.sum() < 12, "the rows should exercise the bar"
+    expected = np.zeros(12)
+    for name, weight in {"selectit": 0.25, "ifd": 0.25, "length": 0.5}.items():
+        expected[eligible] += weight * rankdata(columns[name][eligible]) / eligible.sum()
     np.testing.assert_allclose(result.scores, expected, rtol=0, atol=1e-15)
-    assert result.selected_indices == top_eligible(expected, columns["ifd"] <= 1, 3)
+    assert result.selected_indices == top_eligible(expected, eligible, 3)
     summary = read_summary(tmp_path)
     assert summary["strategy"] == {"selectit": 0.25, "ifd": 0.25, "length": 0.5}
     assert set(summary["scored_this_run"]) == {tiny_llama, f"ifd:{tiny_llama}"}
@@ -228,7 +245,12 @@ def test_probe_scores_the_strategy(tiny_llama, demo_dataset, tmp_path):
     ifd = np.array(result["strategy_scores"]["ifd"])
     alone = probe.bottom_barred(ifd, ifd <= 1)
     assert result["auroc_by_strategy"]["ifd"] == pytest.approx(probe.auroc(alone, labels), abs=1e-12)
-    assert result["auroc"]["combined"] == pytest.approx(probe.auroc(result["scores"], labels), abs=1e-12)
+    # The mix rebuilt from each strategy's values: rank percentiles among pairs with IFD <= 1, the rest last.
+    eligible = ifd <= 1
+    mix = np.zeros(len(labels))
+    for name in ("ifd", "length"):
+        mix[eligible] += 0.5 * rankdata(np.array(result["strategy_scores"][name])[eligible]) / eligible.sum()
+    assert result["auroc"]["combined"] == pytest.approx(probe.auroc(np.where(eligible, mix, -1.0), labels), abs=1e-12)
     summary = read_summary(tmp_path)
     assert summary["probe"]["auroc_by_strategy"] == result["auroc_by_strategy"]
     metrics = selection_metrics(summary)
