@@ -121,7 +121,7 @@ def markdown(results: dict, meta: dict) -> str:
     ]
     for name in names:
         r = results[name]
-        barred = ", ".join(f"{n} {c}" for n, c in r["barred"].items()) or "-"
+        barred = ", ".join(f"{n} {c}" for n, c in r["barred"].items() if c) or "-"
         auroc = "-" if r["probe_auroc"] is None else f"{r['probe_auroc']:.3f}"
         lines.append(f"| {name} | {len(r['kept'])} | {barred} | {r['scoring_seconds']:.1f} | {r['wall_seconds']:.1f} | {auroc} |")
     mixes = {n: r["probe_auroc_by_strategy"] for n, r in results.items() if r["probe_auroc_by_strategy"]}
