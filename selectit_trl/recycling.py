@@ -84,7 +84,7 @@ class _TeacherTexts:
         self.teacher, self.config, self.output_dir = teacher, config, output_dir
         self.allow, self.shard, self.barrier, self.progress = allow, shard, barrier, progress
         self.model = None
-        self.generated, self.seconds = 0, 0.0
+        self.generated = 0
 
     def _key(self, ids: np.ndarray) -> str:
         digest = hashlib.sha256(f"rewrite|{self.config.selection_teacher_max_new_tokens}|".encode("ascii"))
@@ -132,7 +132,6 @@ class _TeacherTexts:
             self.model = self.teacher.load()
         bar = ScoringProgress(f"{label} with {self.teacher.model_id}", enabled=self.progress)
         bar.start([i for b in mine for i in b], [len(p) + self.config.selection_teacher_max_new_tokens for p in prompts])
-        started = time.perf_counter()
         try:
             with probability_store.StoreWriter(self.output_dir, rank=rank) as writer:
                 for batch in mine:
@@ -143,7 +142,6 @@ class _TeacherTexts:
                     bar.advance(batch)
         finally:
             bar.close()
-            self.seconds += time.perf_counter() - started
 
     def release(self) -> None:
         if self.model is not None:
