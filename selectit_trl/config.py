@@ -213,8 +213,7 @@ class SelectiveSFTConfig(SFTConfig):
             (self.selection_teacher_batch_size >= 1, "selection_teacher_batch_size must be >= 1"),
         ]
         parse_strategy(self.selection_strategy)  # raises on an unknown strategy or a bad weight
-        if self.selection_teacher_model is not None:
-            parse_peer(self.selection_teacher_model, "selection_teacher_model")
+        self.teacher_spec()  # raises on a malformed entry
         ids = [peer.model_id for peer in self.peer_specs()]  # raises on a malformed entry
         checks.append((len(set(ids)) == len(ids), f"selection_peer_models names a model twice: {ids}"))
         if self.selection_model_weights is not None:

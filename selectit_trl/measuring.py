@@ -98,6 +98,7 @@ class Ratings:
     kind = "ratings"
     field = "probs"
     noun = "rating probabilities"
+    activity = "Scoring"  # what the progress bars say
 
     def __init__(self, prompts: RatingPrompts, config, raters: Sequence[Rater]):
         self.prompts, self.config = prompts, config
@@ -149,6 +150,7 @@ class Difficulty:
 
     def __init__(self, kind: str, config):
         self.kind, self.config = kind, config
+        self.activity = f"Measuring {kind.upper()} losses"
 
     def raters(self, raters: Sequence[Rater]) -> list[Rater]:
         return list(raters[:1])
@@ -260,7 +262,6 @@ class Measurer:
         probed[copy_of[list(probed_rows)]] = True
         scored_now: dict[str, int] = {}
         seconds: dict[str, float] = {}
-        what = "Scoring" if measure.kind == "ratings" else f"Measuring {measure.kind.upper()} losses"
         for rater in needing:
             have = ~fresh[rater.model_id]
             if not self.allow_scoring:
@@ -275,7 +276,7 @@ class Measurer:
             for j, key in enumerate(keys[rater.model_id]):
                 rows_of.setdefault(key, []).append(j)
             progress = ScoringProgress(
-                f"{label}{what} with {rater.model_id}", enabled=self.progress,
+                f"{label}{measure.activity} with {rater.model_id}", enabled=self.progress,
                 finished_elsewhere=(
                     (lambda fp=rater.fingerprint: [j for k in follower.take(fp, measure.kind) for j in rows_of.get(k, ())])
                     if follower else None

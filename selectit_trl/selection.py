@@ -115,6 +115,17 @@ class _Evaluation:
     selectit: tuple | None  # (token scores by model, sentence scores by model) when SelectIT is used
 
 
+def rating_prompts(config):
+    """The rating prompts the `selection_*` settings name (`prompts.load_prompts`); raises on a bad setting."""
+    return load_prompts(
+        config.selection_num_prompts,
+        config.selection_score_max,
+        config.selection_prompts,
+        config.selection_prompts_file,
+        config.selection_rating_preamble,
+    )
+
+
 class _Plan:
     """What a run measures: the strategy's weights, and the measurements it needs."""
 
@@ -126,14 +137,7 @@ class _Plan:
         self.weights = strategies.parse_strategy(config.selection_strategy)
         self.measures = {}
         if "selectit" in self.weights:
-            prompts = load_prompts(
-                config.selection_num_prompts,
-                config.selection_score_max,
-                config.selection_prompts,
-                config.selection_prompts_file,
-                config.selection_rating_preamble,
-            )
-            self.measures["ratings"] = Ratings(prompts, config, raters)
+            self.measures["ratings"] = Ratings(rating_prompts(config), config, raters)
         elif len(raters) > 1:
             logger.warning("selection_peer_models only rate for the selectit strategy; %s does not use them.",
                            config.selection_strategy)
@@ -297,7 +301,7 @@ def run_selection(
 
     ranked = strategies.score(plan.weights, evaluation.values, plan.keepable(samples))
     scores, eligible = ranked.ranking, ranked.eligible
-    barred = {name: int((~(evaluation.values[name] <= 1.0)).sum()) for name in ("ifd", "rifd") if name in plan.weights}
+    barred = dict(ranked.barred)
     if plan.needs_instructions:
         barred["empty_instruction"] = sum(not s.instruction.strip() for s in samples)
     wanted = reflection.num_to_keep(len(samples), config.selection_ratio, config.selection_max_samples)

@@ -89,6 +89,7 @@ class StrategyScores:
     values: dict[str, np.ndarray]  # strategy -> [N] as reported: SelectIT score, IFD, r-IFD, tokens, draw
     ranking: np.ndarray  # [N] higher is kept first
     eligible: np.ndarray  # [N] bool
+    barred: dict[str, int]  # ifd / rifd -> samples whose ratio exceeds 1
 
 
 def _ranking_key(name: str, values: np.ndarray) -> np.ndarray:
@@ -105,9 +106,12 @@ def score(weights: Mapping[str, float], values: Mapping[str, np.ndarray], keepab
     """
     n = len(next(iter(values.values())))
     eligible = np.ones(n, dtype=bool) if keepable is None else np.asarray(keepable, dtype=bool).copy()
+    barred = {}
     for name in ("ifd", "rifd"):
         if name in weights:
-            eligible &= values[name] <= 1.0  # NaN compares False: never kept
+            within = np.asarray(values[name]) <= 1.0  # NaN compares False: never kept
+            barred[name] = int((~within).sum())
+            eligible &= within
     keys = {name: _ranking_key(name, np.asarray(values[name], dtype=np.float64)) for name in weights}
     if len(weights) == 1:
         ranking = next(iter(keys.values()))
@@ -118,7 +122,7 @@ def score(weights: Mapping[str, float], values: Mapping[str, np.ndarray], keepab
         count = int(eligible.sum())
         for name, weight in weights.items():
             ranking[eligible] += weight * rankdata(np.nan_to_num(keys[name][eligible], nan=-np.inf)) / max(count, 1)
-    return StrategyScores({name: np.asarray(values[name], dtype=np.float64) for name in weights}, ranking, eligible)
+    return StrategyScores({name: np.asarray(values[name], dtype=np.float64) for name in weights}, ranking, eligible, barred)
 
 
 def random_values(count: int, seed: int) -> np.ndarray:

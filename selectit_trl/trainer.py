@@ -35,7 +35,7 @@ from .models import (
     scoring_mode,
 )
 from .peers import PeerSpec
-from .prompts import load_prompts, score_token_ids
+from .prompts import score_token_ids
 from .recycling import RECYCLABLE_FORMATS
 from .report import strategy_label
 from .scoring import cap_onednn_cache
@@ -43,6 +43,7 @@ from .selection import (
     SelectionResult,
     check_keeps_rows,
     empty_responses,
+    rating_prompts,
     run_probe,
     run_selection,
 )
@@ -139,7 +140,7 @@ class SelectiveSFTTrainer(SFTTrainer):
         allow_pickle = (args.model_init_kwargs or {}).get("use_safetensors") is False
         if isinstance(model, str):
             args.model_init_kwargs = {"use_safetensors": True, **(args.model_init_kwargs or {})}
-        others = [*args.peer_specs(), *([args.teacher_spec()] if args.selection_teacher_model else [])]
+        others = [*args.peer_specs(), *filter(None, [args.teacher_spec()])]
         for source in ([model] if isinstance(model, str) else []) + [peer.model for peer in others]:
             check_model_source(source, allow_pickle)
         if processing_class is None:
@@ -162,13 +163,7 @@ class SelectiveSFTTrainer(SFTTrainer):
     def _check_selection_inputs(self, args: SelectiveSFTConfig, tokenizer) -> None:
         """Everything about the selection that can be wrong, checked before the model is loaded."""
         if "selectit" in strategies.parse_strategy(args.selection_strategy):
-            load_prompts(
-                args.selection_num_prompts,
-                args.selection_score_max,
-                args.selection_prompts,
-                args.selection_prompts_file,
-                args.selection_rating_preamble,
-            )
+            rating_prompts(args)
             score_token_ids(tokenizer, args.selection_score_max)
         if args.selection_diversity != "none":
             diversity.check_available(args)
@@ -284,7 +279,7 @@ class SelectiveSFTTrainer(SFTTrainer):
                     shard=(state.process_index, state.num_processes),
                     barrier=self.accelerator.wait_for_everyone,
                     overwrite=self.args.selection_overwrite and not self._store_set_aside,
-                    teacher=self._peer_rater(self.args.teacher_spec()) if self.args.selection_teacher_model else None,
+                    teacher=self._peer_rater(teacher) if (teacher := self.args.teacher_spec()) else None,
                 )
                 self._store_set_aside = True
             except StoredSelectionMismatch:
