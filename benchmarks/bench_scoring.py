@@ -9,6 +9,7 @@ On the first 200 rows of the Alpaca demo subset, with K = 5, it times:
   c  sf-whole   our sample_first path with the whole prompts of (a) after the sample
   e  sf-bf16    (c) in bf16
   d  default    the default user configuration: (c) on the model loaded in 4-bit NF4, bf16 compute
+     sf-bf16-compiled, default-compiled   the same two with `selection_compile` (regional torch.compile)
 
 Every configuration runs in a fresh process (so its peak RSS is its own), times tokenisation and scoring
 together, and repeats; medians are reported. The matmul peak of each dtype is measured here too, for the model
@@ -20,6 +21,7 @@ the same layout and dtype.
     python benchmarks/bench_scoring.py --profile sf       # where the time goes, per operator
     python benchmarks/bench_scoring.py --sweep sf-bf16 --rows 100   # samples/s at each token budget
     python benchmarks/bench_scoring.py --memory-only      # memory as N grows
+    python benchmarks/bench_scoring.py --fidelity         # how far each quantisation moves the ranking from fp32
     python benchmarks/bench_scoring.py --device cuda --random-model llama-1b --memory-rows 0   # on a GPU
 
 `--random-model` scores with a Llama-architecture model of random weights built from a configuration (the
@@ -54,7 +56,7 @@ WHOLE_PROMPTS = REPO / "benchmarks" / "whole_prompts.txt"
 RESULTS = REPO / "benchmarks" / "results"
 K = 5
 
-# name: (layout, prompts, precision, engine)
+# name: (layout, prompts, precision, engine); engine "compiled" is ours with selection_compile
 CONFIGS = {
     "released": ("prompt_first", "whole", "fp32", "released"),
     "pf": ("prompt_first", "whole", "fp32", "ours"),
@@ -62,7 +64,16 @@ CONFIGS = {
     "sf-whole": ("sample_first", "whole", "fp32", "ours"),
     "sf-bf16": ("sample_first", "default", "bf16", "ours"),
     "default": ("sample_first", "default", "4bit", "ours"),
+    "sf-bf16-compiled": ("sample_first", "default", "bf16", "compiled"),
+    "default-compiled": ("sample_first", "default", "4bit", "compiled"),
+    # Other quantisations, for --fidelity only: NF4 with nested quantisation (as peers load), FP4, LLM.int8.
+    "sf-nf4-nested": ("sample_first", "default", "4bit-nested", "ours"),
+    "sf-fp4": ("sample_first", "default", "fp4", "ours"),
+    "sf-int8": ("sample_first", "default", "int8", "ours"),
 }
+MAIN = ["released", "pf", "sf", "sf-whole", "sf-bf16", "default", "sf-bf16-compiled", "default-compiled"]
+FIDELITY = ["sf", "sf-bf16", "default", "sf-nf4-nested", "sf-fp4", "sf-int8"]
+LOW_PRECISION = ("bf16", "4bit", "4bit-nested", "fp4", "int8")  # all compute in bf16
 
 
 def data_dir() -> Path:
@@ -122,10 +133,15 @@ def load_model(precision: str, model_path: str, device: str):
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
     placement = {"device_map": {"": device}} if device != "cpu" else {}
-    if precision == "4bit":
-        quantization = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16
-        )
+    quantizations = {
+        "4bit": dict(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16),
+        "4bit-nested": dict(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16,
+                            bnb_4bit_use_double_quant=True),
+        "fp4": dict(load_in_4bit=True, bnb_4bit_quant_type="fp4", bnb_4bit_compute_dtype=torch.bfloat16),
+        "int8": dict(load_in_8bit=True),
+    }
+    if precision in quantizations:
+        quantization = BitsAndBytesConfig(**quantizations[precision])
         model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.bfloat16, quantization_config=quantization,
                                                      **placement)
     else:
@@ -203,7 +219,7 @@ def setup(name: str, data: Path, rows: int, model_path: str, device: str):
 def run_config(name: str, data: Path, rows: int, repeats: int, reference_rows: int, budget: int | None, save: Path | None,
                model_path: str, device: str) -> dict:
     """One configuration in this process: warm up, time `repeats` runs, then compare with the unbatched path."""
-    from selectit_trl.models import scoring_mode
+    from selectit_trl.models import compiled_blocks, scoring_mode
     from selectit_trl.prompts import build_requests, score_token_ids
     from selectit_trl.scoring import (
         can_share_prefixes,
@@ -225,23 +241,29 @@ def run_config(name: str, data: Path, rows: int, repeats: int, reference_rows: i
         shared = layout == "sample_first" and can_share_prefixes(model)
         return probs, processed_tokens(requests, shared)
 
+    compiled = engine == "compiled"
     with scoring_mode(model):
-        once(samples[:4])  # warm-up: first-call allocations and kernel selection
-        _return_freed_memory()
-        rss_before = _status_kib("VmRSS")
-        peak_reset = reset_peak_rss()
-        if on_gpu:
-            torch.cuda.reset_peak_memory_stats()
-        times = []
-        for _ in range(repeats):
+        with compiled_blocks(model, enabled=compiled):
+            # Warm-up: first-call allocations and kernel selection. A compiled model warms up on every row, so that
+            # its compiles (one per kind of batch) happen here; that first run's time is reported too.
             started = time.perf_counter()
-            probs, tokens = once(samples)
-            times.append(time.perf_counter() - started)
-        peak = _status_kib("VmHWM")
-        gpu_peak = torch.cuda.max_memory_allocated() / 2**20 if on_gpu else None
+            once(samples if compiled else samples[:4])
+            first_seconds = time.perf_counter() - started
+            _return_freed_memory()
+            rss_before = _status_kib("VmRSS")
+            peak_reset = reset_peak_rss()
+            if on_gpu:
+                torch.cuda.reset_peak_memory_stats()
+            times = []
+            for _ in range(repeats):
+                started = time.perf_counter()
+                probs, tokens = once(samples)
+                times.append(time.perf_counter() - started)
+            peak = _status_kib("VmHWM")
+            gpu_peak = torch.cuda.max_memory_allocated() / 2**20 if on_gpu else None
         reference_difference = None
         if reference_rows:
-            # Our unbatched path for the same layout and dtype: each whole sequence alone.
+            # Our unbatched path for the same layout and dtype: each whole sequence alone, not compiled.
             requests = build_requests(samples[:reference_rows], prompts, tokenizer, layout)
             unbatched = np.array(
                 [[last_token_probs(model, [r.sequence(k)], token_ids, pad)[0] for k in range(K)] for r in requests]
@@ -258,6 +280,8 @@ def run_config(name: str, data: Path, rows: int, repeats: int, reference_rows: i
         "repeats": repeats,
         "seconds": times,
         "median_seconds": statistics.median(times),
+        "warmup_seconds": first_seconds,
+        "warmup_rows": len(samples) if compiled else 4,
         "tokens": tokens,
         "rss_before_mib": rss_before / 1024,
         "peak_rss_mib": peak / 1024,
@@ -307,6 +331,43 @@ def selectit_scores(probs: np.ndarray) -> np.ndarray:
     return reflection.sentence_scores(token, 0.2)
 
 
+def ranking_change(probs: np.ndarray, reference: np.ndarray) -> dict:
+    """How far one set of rating probabilities moves the selection from a reference set of the same rows."""
+    scores, reference_scores = selectit_scores(probs), selectit_scores(reference)
+    return {"max_difference": float(np.abs(probs - reference).max()), "spearman": spearman(scores, reference_scores),
+            "kept_overlap": kept_overlap(scores, reference_scores)}
+
+
+def fidelity(data: Path, rows: int, budget: int | None, model_path: str, device: str) -> None:
+    """Each precision of FIDELITY against fp32, on the same rows, and how much the ranking moves with the wording of
+    the prompts alone: fp32 scores from two of the K prompts against those from the other three."""
+    from selectit_trl import reflection
+
+    probs = {}
+    for name in FIDELITY:
+        r = child(name, rows, 1, budget, data, 0, f"fidelity-{name}", model_path, device)
+        probs[name] = np.load(RESULTS / f"fidelity-{name}.npy")
+        print(f"{name}: {r['median_seconds']:.1f} s", flush=True)
+    changes = {name: ranking_change(probs[name], probs["sf"]) for name in FIDELITY if name != "sf"}
+
+    def from_prompts(p: np.ndarray, ks: list[int]) -> np.ndarray:
+        return reflection.sentence_scores(reflection.token_scores(reflection.normalize(p[:, ks], "paper")), 0.2)
+
+    fp32 = probs["sf"]
+    floor = {"two_prompts_vs_three": spearman(from_prompts(fp32, [0, 1]), from_prompts(fp32, [2, 3, 4])),
+             "leave_one_prompt_out": [spearman(selectit_scores(fp32), from_prompts(fp32, [j for j in range(K) if j != k]))
+                                      for k in range(K)]}
+    (RESULTS / "fidelity.json").write_text(json.dumps({"rows": rows, "changes": changes, "prompt_wording": floor}, indent=2))
+    print()
+    print("| config | dtype | max prob. difference | Spearman of scores | top-20% kept by both |")
+    print("|---|---|---|---|---|")
+    for name, change in changes.items():
+        print(f"| {name} | {CONFIGS[name][2]} | {change['max_difference']:.3f} | {change['spearman']:.3f} "
+              f"| {change['kept_overlap']:.1%} |")
+    print()
+    print(json.dumps(floor, indent=2))
+
+
 def child(name: str, rows: int, repeats: int, budget: int | None, data: Path, reference_rows: int, tag: str,
           model_path: str, device: str) -> dict:
     """Run one configuration in a fresh interpreter and read back its result."""
@@ -337,7 +398,7 @@ def table(results: dict, peaks: dict, parameters: int) -> str:
         token_bound = base["tokens"] / r["tokens"]
         # The bound of a path: fewer tokens (prefix sharing), times the last-position gain (b) measures over (a).
         bound = token_bound * (last_position_gain if (last_position_gain and name != "released") else 1.0)
-        peak = peaks["bf16" if r["precision"] in ("bf16", "4bit") else "fp32"]
+        peak = peaks["bf16" if r["precision"] in LOW_PRECISION else "fp32"]
         mfu = 2 * parameters * r["tokens"] / r["median_seconds"] / (peak * 1e9)
         diff = r["max_difference_from_unbatched"]
         if name == "pf" and "released" in results:
@@ -356,16 +417,17 @@ def profile(name: str, data: Path, rows: int, budget: int | None, model_path: st
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
-    from selectit_trl.models import scoring_mode
+    from selectit_trl.models import compiled_blocks, scoring_mode
     from selectit_trl.prompts import build_requests, score_token_ids
     from selectit_trl.scoring import score_requests
 
-    layout = CONFIGS[name][0]
+    layout, compiled = CONFIGS[name][0], CONFIGS[name][3] == "compiled"
     samples, tokenizer, prompts, model = setup(name, data, rows, model_path, device)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.startswith("cuda") else [])
-    with scoring_mode(model):
+    with scoring_mode(model), compiled_blocks(model, enabled=compiled):
         requests = build_requests(samples, prompts, tokenizer, layout)
-        score_requests(model, requests[:4], score_token_ids(tokenizer, 5), tokenizer.pad_token_id, progress=False)
+        warm_up = requests if compiled else requests[:4]  # a compiled model compiles every kind of batch first
+        score_requests(model, warm_up, score_token_ids(tokenizer, 5), tokenizer.pad_token_id, progress=False)
         with torch_profile(activities=activities) as prof:
             requests = build_requests(samples, prompts, tokenizer, layout)
             score_requests(model, requests, score_token_ids(tokenizer, 5), tokenizer.pad_token_id,
@@ -396,6 +458,8 @@ def main() -> None:
     parser.add_argument("--reference-rows", type=int, default=50, help="rows compared with the unbatched path")
     parser.add_argument("--memory-rows", type=int, default=2000, help="rows of the memory check (0 skips it)")
     parser.add_argument("--memory-only", action="store_true", help="run only the memory check")
+    parser.add_argument("--fidelity", action="store_true",
+                        help="score once in each precision of FIDELITY and compare the rankings with fp32 (no timing)")
     parser.add_argument("--memory-repeats", type=int, default=3,
                         help="fresh processes per size in the memory check; medians are reported")
     parser.add_argument("--budget", type=int, default=None, help="selection_max_batch_tokens (default: the library's default for the device)")
@@ -446,7 +510,10 @@ def main() -> None:
     where = torch.cuda.get_device_name(device) if device.startswith("cuda") else f"{torch.get_num_threads()} threads"
     print(f"model {model_path}: {parameters:,} parameters; matmul peak on {where}: fp32 {peaks['fp32']:.0f} GFLOP/s, "
           f"bf16 {peaks['bf16']:.0f} GFLOP/s", flush=True)
-    names = [] if args.memory_only else (args.only or list(CONFIGS))
+    if args.fidelity:
+        fidelity(alpaca, args.rows, args.budget, model_path, device)
+        return
+    names = [] if args.memory_only else (args.only or MAIN)
     if names and "released" not in names:
         names = ["released", *names]
     results = {}
@@ -457,18 +524,16 @@ def main() -> None:
         results[name] = child(name, args.rows, args.repeats, args.budget, alpaca, reference_rows, name, model_path, device)
         r = results[name]
         print(f"{name}: median {r['median_seconds']:.1f} s over {r['repeats']}, {r['tokens']} tokens, "
-              f"peak RSS {r['peak_rss_mib']:.0f} MiB, diff {r['max_difference_from_unbatched']}", flush=True)
+              f"peak RSS {r['peak_rss_mib']:.0f} MiB, diff {r['max_difference_from_unbatched']}, first run "
+              f"{r['warmup_seconds']:.1f} s on {r['warmup_rows']} rows", flush=True)
 
     comparisons = {}
     saved = {name: np.load(RESULTS / f"{name}.npy") for name in results}
     if "pf" in saved:
         comparisons["pf_vs_released_max_difference"] = float(np.abs(saved["pf"] - saved["released"]).max())
-    for low in ("default", "sf-bf16"):
-        if low in saved and "sf" in saved:
-            comparisons[f"{low}_vs_fp32_max_difference"] = float(np.abs(saved[low] - saved["sf"]).max())
-            low_scores, fp32_scores = selectit_scores(saved[low]), selectit_scores(saved["sf"])
-            comparisons[f"{low}_vs_fp32_spearman"] = spearman(low_scores, fp32_scores)
-            comparisons[f"{low}_vs_fp32_kept_overlap"] = kept_overlap(low_scores, fp32_scores)
+    for low in saved:
+        if CONFIGS[low][2] in LOW_PRECISION and CONFIGS[low][1] == "default" and "sf" in saved:
+            comparisons.update({f"{low}_vs_fp32_{k}": v for k, v in ranking_change(saved[low], saved["sf"]).items()})
     memory = {}
     if args.memory_rows:
         # Memory as N grows: the default configuration on `memory_rows` rows of a larger subset, and on `rows` of

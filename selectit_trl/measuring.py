@@ -26,6 +26,7 @@ import torch
 from . import probability_store
 from .errors import NonFiniteScoresError, StoredSelectionMismatch
 from .losses import fit_target_requests, iter_loss_batches
+from .models import compiled_blocks
 from .progress import ScoringProgress
 from .prompts import (
     RatingPrompts,
@@ -323,7 +324,8 @@ class Measurer:
         written = 0
         extra = measure.record_fields()
         try:
-            with probability_store.StoreWriter(output_dir, rank=self.shard[0]) as writer:
+            with (compiled_blocks(model, self.config.selection_compile),
+                  probability_store.StoreWriter(output_dir, rank=self.shard[0]) as writer):
                 batches = measure.batches(
                     model, rater, requests, max_batch_tokens=self.config.selection_max_batch_tokens,
                     progress=progress, done=have, shard=self.shard, unplanned=unplanned,

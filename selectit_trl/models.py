@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import ModelSourceError
+from .errors import ModelSourceError, SelectionConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -183,3 +183,56 @@ def scoring_mode(model: torch.nn.Module):
             yield model
     finally:
         model.train(was_training)
+
+
+def repeated_blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The model's repeated blocks: the members of each outermost ModuleList whose members share one class.
+
+    For a decoder-only transformer these are its decoder layers, where nearly all the compute is. Lists nested
+    inside a block (experts, say) are left to the block's own compilation.
+    """
+    blocks: list[torch.nn.Module] = []
+    inside: list[str] = []
+    for name, module in model.named_modules():
+        if any(name.startswith(prefix) for prefix in inside):
+            continue
+        if isinstance(module, torch.nn.ModuleList) and len(module) and all(type(m) is type(module[0]) for m in module):
+            blocks.extend(module)
+            inside.append(f"{name}.")
+    return blocks
+
+
+@contextlib.contextmanager
+def compiled_blocks(model: torch.nn.Module, enabled: bool = True):
+    """Run the forward passes inside with the model's repeated blocks compiled by torch.compile; undone after.
+
+    Regional compilation: every decoder layer runs the same code, so all of them share one compiled graph and
+    the compile costs about one layer's worth (25 s against 180 s for the whole embedded model, in 4-bit on 2
+    CPU cores). `dynamic=True` lets one graph serve every batch shape, where the default would compile again for
+    the second shape it sees. The model is then trained as it was: compiling for training is TRL's business
+    (`torch_compile`), with different graphs.
+    """
+    if not enabled:
+        yield model
+        return
+    _check_compiler(model)
+    blocks = repeated_blocks(model)
+    for block in blocks:
+        block.compile(dynamic=True)
+    try:
+        yield model
+    finally:
+        for block in blocks:
+            block._compiled_call_impl = None  # what nn.Module.compile set; torch has no public way back
+
+
+def _check_compiler(model: torch.nn.Module) -> None:
+    """On a CPU, torch.compile builds its kernels with a C++ compiler; say so before the first batch fails."""
+    if model.get_input_embeddings().weight.device.type != "cpu":
+        return
+    candidates = [os.environ["CXX"]] if os.environ.get("CXX") else ["g++", "c++", "clang++"]
+    if not any(shutil.which(c) for c in candidates):
+        raise SelectionConfigError(
+            "selection_compile on a CPU needs a C++ compiler (torch.compile builds its kernels with one), and none "
+            f"was found on PATH ({', '.join(candidates)}). Install one (apt install g++), or set selection_compile: false."
+        )
