@@ -153,7 +153,8 @@ class SelectiveSFTConfig(SFTConfig):
         default=False,
         metadata={
             "help": "Compile the model's decoder layers with torch.compile for scoring (regional, dynamic shapes). A "
-            "one-off compile of about 25 s on a CPU, then faster batches: 1.3x in 4-bit on a CPU (docs/performance.md). "
+            "one-off compile (about 30 s on a 2-core CPU, a few seconds once cached), then faster batches: 1.35x in 4-bit "
+            "on a CPU (docs/performance.md). "
             "Worth it for large datasets; on a CPU it needs a C++ compiler."
         },
     )
