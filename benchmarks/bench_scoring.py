@@ -341,8 +341,6 @@ def ranking_change(probs: np.ndarray, reference: np.ndarray) -> dict:
 def fidelity(data: Path, rows: int, budget: int | None, model_path: str, device: str) -> None:
     """Each precision of FIDELITY against fp32, on the same rows, and how much the ranking moves with the wording of
     the prompts alone: fp32 scores from two of the K prompts against those from the other three."""
-    from selectit_trl import reflection
-
     probs = {}
     for name in FIDELITY:
         r = child(name, rows, 1, budget, data, 0, f"fidelity-{name}", model_path, device)
@@ -350,12 +348,9 @@ def fidelity(data: Path, rows: int, budget: int | None, model_path: str, device:
         print(f"{name}: {r['median_seconds']:.1f} s", flush=True)
     changes = {name: ranking_change(probs[name], probs["sf"]) for name in FIDELITY if name != "sf"}
 
-    def from_prompts(p: np.ndarray, ks: list[int]) -> np.ndarray:
-        return reflection.sentence_scores(reflection.token_scores(reflection.normalize(p[:, ks], "paper")), 0.2)
-
-    fp32 = probs["sf"]
-    floor = {"two_prompts_vs_three": spearman(from_prompts(fp32, [0, 1]), from_prompts(fp32, [2, 3, 4])),
-             "leave_one_prompt_out": [spearman(selectit_scores(fp32), from_prompts(fp32, [j for j in range(K) if j != k]))
+    fp32 = probs["sf"]  # [N, K, S]: selectit_scores of a slice over K scores with those prompts alone
+    floor = {"two_prompts_vs_three": spearman(selectit_scores(fp32[:, [0, 1]]), selectit_scores(fp32[:, [2, 3, 4]])),
+             "leave_one_prompt_out": [spearman(selectit_scores(fp32), selectit_scores(np.delete(fp32, k, axis=1)))
                                       for k in range(K)]}
     (RESULTS / "fidelity.json").write_text(json.dumps({"rows": rows, "changes": changes, "prompt_wording": floor}, indent=2))
     print()

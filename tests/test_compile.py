@@ -1,7 +1,5 @@
 """`selection_compile`: scoring with the decoder layers compiled gives the eager numbers, and training is untouched."""
 
-import json
-
 import numpy as np
 import pytest
 import torch
@@ -11,17 +9,13 @@ from transformers import AutoModelForCausalLM
 from selectit_trl import SelectiveSFTTrainer
 from selectit_trl.errors import SelectionConfigError
 from selectit_trl.models import compiled_blocks, repeated_blocks
+from selectit_trl.probability_store import read_store
 
 
 def store_values(output_dir) -> dict:
-    """(kind, sample) -> the stored probabilities or losses, read as files."""
-    values = {}
-    for path in sorted((output_dir / "selection" / "store").glob("*.jsonl")):
-        for line in path.read_text().splitlines():
-            record = json.loads(line)
-            field = "probs" if "probs" in record else "losses"
-            values[(record.get("kind", "ratings"), record["sample"])] = np.array(record[field])
-    return values
+    """(kind, sample) -> the stored probabilities or losses."""
+    return {(r.get("kind", "ratings"), r["sample"]): np.array(r["probs"] if "probs" in r else r["losses"])
+            for r in read_store(output_dir).values()}
 
 
 def test_the_repeated_blocks_are_the_decoder_layers(tiny_llama):
