@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import gc
 import sys
 
 from .errors import SelectionConfigError, SelectITError
@@ -108,16 +109,37 @@ def _print_probe(result: dict, output_dir) -> None:
 
 
 def run(command: str, argv: list[str]) -> int:
-    from .report import write_report
-
     _show_progress_messages()
     script_args, training_args, model_args, data_args = parse_args(argv)
-    trainer = build_trainer(script_args, training_args, model_args, data_args)
+    _run_command(command, build_trainer(script_args, training_args, model_args, data_args), training_args)
+    # Only after success: after a failure the other processes may still be inside a collective.
+    leave_process_group()
+    return 0
+
+
+def leave_process_group() -> None:
+    """Under accelerate, leave the process group once the trainer is gone, before the interpreter shuts down.
+
+    A process group still alive at shutdown, or a DDP wrapper still holding it, can abort the process with gloo
+    ("terminate called without an active exception", SIGABRT) after all the work is done, and the launcher
+    then reports the run as failed. The DDP wrapper goes with the last reference to the trainer; collecting
+    first also clears any reference cycle through it.
+    """
+    import torch
+
+    gc.collect()
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
+def _run_command(command: str, trainer, training_args) -> None:
+    from .report import write_report
+
     if command == "probe":
         result = trainer.probe()
         if trainer.accelerator.is_main_process:
             _print_probe(result, training_args.output_dir)
-        return 0
+        return
     if command == "score":
         result = trainer.select()
     else:
@@ -133,7 +155,6 @@ def run(command: str, argv: list[str]) -> int:
         print(f"Scores: {result.path}")
         if command == "train":
             print(f"Adapter and model card: {training_args.output_dir}")
-    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

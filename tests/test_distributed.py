@@ -102,15 +102,21 @@ def test_two_processes_share_a_teachers_rewrites(tiny_llama, embedded_dir, data,
 
 
 TRAIN_AND_REPORT = """
-import json, sys
+import gc, json, sys
 from pathlib import Path
-from selectit_trl.cli import build_trainer, parse_args
+from torch.nn.parallel import DistributedDataParallel
+from selectit_trl.cli import build_trainer, leave_process_group, parse_args
 
 trainer = build_trainer(*parse_args(sys.argv[1:]))
 trainer.train()
 rank = trainer.accelerator.process_index
 rows = [trainer.processing_class.decode(ids) for ids in trainer.train_dataset["input_ids"]]
 Path(trainer.args.output_dir, f"rank{rank}-subset.json").write_text(json.dumps(rows))
+assert any(isinstance(o, DistributedDataParallel) for o in gc.get_objects())
+# As the CLI ends, and as docs/scaling.md asks of a script: without it, gloo can abort the process at exit.
+del trainer
+leave_process_group()
+assert not any(isinstance(o, DistributedDataParallel) for o in gc.get_objects()), "the DDP wrapper outlived the trainer"
 """
 
 
