@@ -104,6 +104,9 @@ class _TeacherTexts:
                     if isinstance(r.get("text"), str)}
 
         have = found()
+        rank, world = self.shard
+        # Rank 0's bar counts the other processes' texts too; it follows their files from before anyone appends.
+        follower = probability_store.StoreFollower(self.output_dir, rank) if world > 1 and self.progress else None
         self.barrier()  # every process has read the same store before any appends to it
         missing = sorted({k: i for i, k in enumerate(keys) if k not in have}.values())
         if missing:
@@ -113,14 +116,17 @@ class _TeacherTexts:
                     "must train on the subset it started with: resume with the original settings, or start a fresh "
                     "output_dir."
                 )
-            self._generate(prompts, keys, missing, label)
+            self._generate(prompts, keys, missing, label, follower)
             self.generated += len(missing)  # every process's share: the same count on each
             self.barrier()  # every process's share is in the store before anyone reads it back
             have = found()
         return [have[k] for k in keys]
 
-    def _generate(self, prompts, keys, missing: list[int], label: str) -> None:
-        """This process's share of the missing prompts, longest first in batches, each batch stored as it ends."""
+    def _generate(self, prompts, keys, missing: list[int], label: str, follower) -> None:
+        """This process's share of the missing prompts, longest first in batches, each batch stored as it ends.
+
+        `follower` (rank 0 under accelerate, else None) reports the other processes' texts as they are stored.
+        """
         size = self.config.selection_teacher_batch_size
         order = sorted(missing, key=lambda i: (-len(prompts[i]), i))
         batches = [order[start:start + size] for start in range(0, len(order), size)]
@@ -130,8 +136,15 @@ class _TeacherTexts:
             return
         if self.model is None:
             self.model = self.teacher.load()
-        bar = ScoringProgress(f"{label} with {self.teacher.model_id}", enabled=self.progress)
-        bar.start([i for b in mine for i in b], [len(p) + self.config.selection_teacher_max_new_tokens for p in prompts])
+        prompt_of = {keys[i]: i for i in missing}
+        bar = ScoringProgress(
+            f"{label} with {self.teacher.model_id}", enabled=self.progress,
+            finished_elsewhere=(
+                (lambda: [prompt_of[k] for k in follower.take(self.teacher.fingerprint, "rewrite") if k in prompt_of])
+                if follower else None
+            ),
+        )
+        bar.start(missing, [len(p) + self.config.selection_teacher_max_new_tokens for p in prompts])
         try:
             with probability_store.StoreWriter(self.output_dir, rank=rank) as writer:
                 for batch in mine:
@@ -140,6 +153,7 @@ class _TeacherTexts:
                     writer.append({"model": self.teacher.fingerprint, "model_id": self.teacher.model_id,
                                    "tokens": keys[i], "kind": "rewrite", "text": text} for i, text in zip(batch, texts))
                     bar.advance(batch)
+            bar.wait_for_others()  # rank 0 waits at the barrier next anyway; until then its bar follows the others
         finally:
             bar.close()
 

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -90,12 +91,19 @@ def test_two_processes_share_a_teachers_rewrites(tiny_llama, embedded_dir, data,
     teacher = {"selection_teacher_model": json.dumps({"model": embedded_dir, "load_in_4bit": False, "dtype": "float32"}),
                "selection_teacher_max_new_tokens": 4, "selection_teacher_batch_size": 4, "selection_probe": False}
     run([sys.executable, "-m", "selectit_trl.cli", "score", "--config", str(recipe(tmp_path, tiny_llama, data, single, **teacher))])
-    launch("score", "--config", str(recipe(tmp_path, tiny_llama, data, double, **teacher)))
+    done = launch("score", "--config", str(recipe(tmp_path, tiny_llama, data, double, disable_tqdm=False, **teacher)))
     rewrites = {p.name: [json.loads(line)["tokens"] for line in p.read_text().splitlines() if '"kind": "rewrite"' in line]
                 for p in (double / "selection" / "store").glob("*.jsonl")}
     assert set(rewrites) == {"rank0.jsonl", "rank1.jsonl"} and all(rewrites.values())  # each process wrote a share
     tokens = [t for share in rewrites.values() for t in share]
     assert len(tokens) == len(set(tokens)) >= 2 * ROWS  # each text once, by one process
+    # Rank 0's bar of each generation phase ends at that phase's texts from both processes, not its own share.
+    bars = done.stderr.replace("\r", "\n")
+    phases = ("Rewriting instructions", "Answering the new instructions", "Rewriting responses")
+    ends = [re.findall(rf"{phase} with {re.escape(embedded_dir)}: 100%\|[^|]*\| (\d+)/(\d+) samples", bars)
+            for phase in phases]
+    assert all(ends) and all(n == total for found in ends for n, total in found)
+    assert sum(int(found[-1][1]) for found in ends) == len(tokens)
     assert (double / "selection" / "scores.jsonl").read_bytes() == (single / "selection" / "scores.jsonl").read_bytes()
     one, two = (json.loads((d / "selection" / "summary.json").read_text())["scored_this_run"] for d in (single, double))
     assert one[f"rewrite:{embedded_dir}"] == two[f"rewrite:{embedded_dir}"] == len(tokens)  # both processes' texts
