@@ -278,10 +278,7 @@ class Measurer:
                 rows_of.setdefault(key, []).append(j)
             progress = ScoringProgress(
                 f"{label}{measure.activity} with {rater.model_id}", enabled=self.progress,
-                finished_elsewhere=(
-                    (lambda fp=rater.fingerprint: [j for k in follower.take(fp, measure.kind) for j in rows_of.get(k, ())])
-                    if follower else None
-                ),
+                finished_elsewhere=follower.finished_rows(rater.fingerprint, measure.kind, rows_of) if follower else None,
             )
             try:
                 seconds[rater.model_id] = self._compute_into_store(

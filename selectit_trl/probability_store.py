@@ -38,7 +38,7 @@ import math
 import os
 import time
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 from .errors import StoreBusy
@@ -191,6 +191,11 @@ class StoreFollower:
         """Token hashes of the records of this model and kind of measurement added since the last call."""
         self._poll()
         return self.backlog.pop((fingerprint, kind), [])
+
+    def finished_rows(self, fingerprint: str, kind: str, rows_of: Mapping[str, Sequence[int]]) -> Callable[[], list[int]]:
+        """For `ScoringProgress(finished_elsewhere=...)`: the rows (through `rows_of`, store key -> rows) whose
+        records of this model and kind the other processes have added since the last call."""
+        return lambda: [j for key in self.take(fingerprint, kind) for j in rows_of.get(key, ())]
 
 
 def _fsync_directory(folder: Path) -> None:

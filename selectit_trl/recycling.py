@@ -136,11 +136,10 @@ class _TeacherTexts:
             return
         if self.model is None:
             self.model = self.teacher.load()
-        prompt_of = {keys[i]: i for i in missing}
         bar = ScoringProgress(
             f"{label} with {self.teacher.model_id}", enabled=self.progress,
             finished_elsewhere=(
-                (lambda: [prompt_of[k] for k in follower.take(self.teacher.fingerprint, "rewrite") if k in prompt_of])
+                follower.finished_rows(self.teacher.fingerprint, "rewrite", {keys[i]: [i] for i in missing})
                 if follower else None
             ),
         )
