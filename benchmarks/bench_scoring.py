@@ -8,7 +8,8 @@ On the first 200 rows of the Alpaca demo subset, with K = 5, it times:
   c  sf         our sample_first path with the default prompts (shared preamble, short requests)
   c  sf-whole   our sample_first path with the whole prompts of (a) after the sample
   e  sf-bf16    (c) in bf16
-  d  default    the default user configuration: (c) on the model loaded in 4-bit NF4, bf16 compute
+  d  default    the default user configuration: (c) on the model loaded in 4-bit NF4, with the compute dtype that
+                `dtype: auto` picks for the hardware (bf16 on a CPU with AMX or AVX512-BF16, fp32 on others)
      sf-bf16-compiled, default-compiled   the same two with `selection_compile` (regional torch.compile)
 
 Every configuration runs in a fresh process (so its peak RSS is its own), times tokenisation and scoring
@@ -23,6 +24,8 @@ the same layout and dtype.
     python benchmarks/bench_scoring.py --memory-only      # memory as N grows
     python benchmarks/bench_scoring.py --fidelity         # how far each quantisation moves the ranking from fp32
     python benchmarks/bench_scoring.py --device cuda --random-model llama-1b --memory-rows 0   # on a GPU
+    ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 python benchmarks/bench_scoring.py --only sf default  # as on
+                                                          # an AVX2-only CPU, on an AMX one (docs/performance.md)
 
 `--random-model` scores with a Llama-architecture model of random weights built from a configuration (the
 embedded model's tokenizer and vocabulary), so that a GPU can be measured at a realistic size without
@@ -73,7 +76,17 @@ CONFIGS = {
 }
 MAIN = ["released", "pf", "sf", "sf-whole", "sf-bf16", "default", "sf-bf16-compiled", "default-compiled"]
 FIDELITY = ["sf", "sf-bf16", "default", "sf-nf4-nested", "sf-fp4", "sf-int8"]
-LOW_PRECISION = ("bf16", "4bit", "4bit-nested", "fp4", "int8")  # all compute in bf16
+LOW_PRECISION = ("bf16", "4bit", "4bit-nested", "fp4", "int8")  # in bf16, but for "4bit" (compute_dtype below)
+
+
+def compute_dtype(precision: str, device: str) -> torch.dtype:
+    """The dtype a configuration's matmuls run in: "4bit" is the default configuration, so its compute dtype is
+    the one `dtype: auto` picks for this hardware; the other low-precision ones compute in bf16."""
+    from selectit_trl import hardware
+
+    if precision == "4bit":
+        return hardware.auto_compute_dtype(torch.device(device).type)
+    return torch.bfloat16 if precision in LOW_PRECISION else torch.float32
 
 
 def data_dir() -> Path:
@@ -133,8 +146,9 @@ def load_model(precision: str, model_path: str, device: str):
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
     placement = {"device_map": {"": device}} if device != "cpu" else {}
+    compute = compute_dtype(precision, device)
     quantizations = {
-        "4bit": dict(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16),
+        "4bit": dict(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute),
         "4bit-nested": dict(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16,
                             bnb_4bit_use_double_quant=True),
         "fp4": dict(load_in_4bit=True, bnb_4bit_quant_type="fp4", bnb_4bit_compute_dtype=torch.bfloat16),
@@ -142,7 +156,7 @@ def load_model(precision: str, model_path: str, device: str):
     }
     if precision in quantizations:
         quantization = BitsAndBytesConfig(**quantizations[precision])
-        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.bfloat16, quantization_config=quantization,
+        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=compute, quantization_config=quantization,
                                                      **placement)
     else:
         model = AutoModelForCausalLM.from_pretrained(
@@ -276,6 +290,7 @@ def run_config(name: str, data: Path, rows: int, repeats: int, reference_rows: i
         "layout": layout,
         "prompts": prompt_set,
         "precision": precision,
+        "compute_dtype": str(compute_dtype(precision, device)).removeprefix("torch."),
         "rows": rows,
         "repeats": repeats,
         "seconds": times,
@@ -393,13 +408,15 @@ def table(results: dict, peaks: dict, parameters: int) -> str:
         token_bound = base["tokens"] / r["tokens"]
         # The bound of a path: fewer tokens (prefix sharing), times the last-position gain (b) measures over (a).
         bound = token_bound * (last_position_gain if (last_position_gain and name != "released") else 1.0)
-        peak = peaks["bf16" if r["precision"] in LOW_PRECISION else "fp32"]
+        peak = peaks["bf16" if r.get("compute_dtype", "bfloat16") == "bfloat16" and r["precision"] in LOW_PRECISION
+                     else "fp32"]
         mfu = 2 * parameters * r["tokens"] / r["median_seconds"] / (peak * 1e9)
         diff = r["max_difference_from_unbatched"]
         if name == "pf" and "released" in results:
             diff = float(np.abs(np.load(RESULTS / "pf.npy") - np.load(RESULTS / "released.npy")).max())
         lines.append(
-            f"| {name} | {r['layout']} | {r['prompts']} | {r['precision']} | {rate:.2f} | {r['tokens'] / r['median_seconds']:.0f} "
+            f"| {name} | {r['layout']} | {r['prompts']} | {r['precision']}"
+            f"{', ' + r['compute_dtype'] + ' compute' if r['precision'] == '4bit' else ''} | {rate:.2f} | {r['tokens'] / r['median_seconds']:.0f} "
             f"| {speedup:.2f} | {token_bound:.2f} | {bound:.2f} | {speedup / bound:.0%} | {r['peak_rss_mib']:.0f} "
             f"| {'—' if r.get('peak_gpu_mib') is None else format(r['peak_gpu_mib'], '.0f')} | {mfu:.0%} "
             f"| {'—' if diff is None else f'{diff:.1e}'} |"
@@ -502,7 +519,10 @@ def main() -> None:
 
     parameters = parameter_count(AutoConfig.from_pretrained(model_path))
     peaks = {"fp32": matmul_peak(torch.float32, device), "bf16": matmul_peak(torch.bfloat16, device)}
-    where = torch.cuda.get_device_name(device) if device.startswith("cuda") else f"{torch.get_num_threads()} threads"
+    from selectit_trl import hardware
+
+    where = (torch.cuda.get_device_name(device) if device.startswith("cuda")
+             else f"{torch.get_num_threads()} threads of a {hardware.cpu_kind()} CPU")
     print(f"model {model_path}: {parameters:,} parameters; matmul peak on {where}: fp32 {peaks['fp32']:.0f} GFLOP/s, "
           f"bf16 {peaks['bf16']:.0f} GFLOP/s", flush=True)
     if args.fidelity:
@@ -558,11 +578,12 @@ def main() -> None:
             print(f"memory check, {rows} rows: median peak RSS {m['peak_rss_mib']:.0f} MiB (runs: "
                   f"{', '.join(f'{p:.0f}' for p in m['peaks_mib'])}), median growth during scoring {m['growth_mib']:.0f} MiB, "
                   f"{m['seconds']:.0f} s", flush=True)
-    report = {"peaks_gflops": peaks, "threads": torch.get_num_threads(), "parameters": parameters,
+    report = {"peaks_gflops": peaks, "threads": torch.get_num_threads(), "parameters": parameters, "cpu": hardware.cpu_kind(),
               "model": args.random_model or "embedded", "device": where,
               "results": results, "comparisons": comparisons, "memory": memory}
     # A memory-only run keeps the full run's results file.
-    suffix = "" if (device == "cpu" and not args.random_model) else f"-{device.replace(':', '')}-{args.random_model or 'embedded'}"
+    suffix = (f"-{hardware.cpu_kind().lower()}" if (device == "cpu" and not args.random_model)
+              else f"-{device.replace(':', '')}-{args.random_model or 'embedded'}")
     (RESULTS / (f"memory{suffix}.json" if args.memory_only else f"scoring{suffix}.json")).write_text(json.dumps(report, indent=2))
     if results:
         print()

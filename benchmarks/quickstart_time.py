@@ -5,6 +5,11 @@ included) and the median `scoring_seconds` from summary.json. Each run gets a fr
 every run scores from scratch.
 
     python benchmarks/quickstart_time.py --runs 3
+    ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 python benchmarks/quickstart_time.py --runs 3   # as on an
+                                                                      # AVX2-only CPU, on an AMX one
+
+The recipe's `dtype: auto` computes in bf16 on a CPU with AMX or AVX512-BF16 and in fp32 elsewhere; the CPU
+kind this saw is printed with the result.
 """
 
 from __future__ import annotations
@@ -39,6 +44,9 @@ def main() -> None:
             scoring.append(summary["scoring_seconds"])
             print(f"run {run + 1}: wall {walls[-1]:.1f} s, scoring {scoring[-1]:.1f} s "
                   f"({summary['counts']['total'] / scoring[-1]:.2f} samples/s)", flush=True)
+    from selectit_trl.hardware import auto_compute_dtype, cpu_kind
+
+    print(f"CPU: {cpu_kind()}, compute dtype {str(auto_compute_dtype('cpu')).removeprefix('torch.')}")
     print(f"median wall {statistics.median(walls):.1f} s, median scoring {statistics.median(scoring):.1f} s, "
           f"scoring share {statistics.median(s / w for s, w in zip(scoring, walls)):.2f} of wall, over {args.runs} runs")
 

@@ -55,8 +55,17 @@ def build_trainer(script_args, training_args, model_args, data_args=None):
     """The trainer exactly as a recipe describes it: model, quantisation, LoRA and data."""
     from trl import get_peft_config, get_quantization_config
 
+    from . import hardware
     from .loading import load_train_dataset
     from .trainer import SelectiveSFTTrainer
+
+    if model_args.load_in_4bit and model_args.dtype in ("auto", None):
+        # TRL gives the 4-bit compute dtype the value of `dtype`, and "auto" is no compute dtype: pick it for the
+        # hardware here (bf16 where it runs natively). The trainer then loads the other layers in it too.
+        compute = hardware.auto_compute_dtype(hardware.device_type(training_args))
+        quantization = get_quantization_config(dataclasses.replace(model_args, dtype=str(compute).removeprefix("torch.")))
+    else:
+        quantization = get_quantization_config(model_args)
 
     training_args.model_init_kwargs = {
         "revision": model_args.model_revision,
@@ -72,7 +81,7 @@ def build_trainer(script_args, training_args, model_args, data_args=None):
         model=model_args.model_name_or_path,
         args=training_args,
         train_dataset=load_train_dataset(script_args, data_args),
-        quantization_config=get_quantization_config(model_args),
+        quantization_config=quantization,
         peft_config=get_peft_config(model_args),
     )
 

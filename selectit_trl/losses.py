@@ -21,6 +21,7 @@ import torch
 
 from .progress import ScoringProgress
 from .scoring import (
+    PlanBook,
     _input_device,
     _left_pad,
     bucket_width,
@@ -75,7 +76,7 @@ def iter_loss_batches(
     desc: str = "Losses",
     done: Sequence[bool] | None = None,
     shard: tuple[int, int] = (0, 1),
-    unplanned: Sequence[bool] | None = None,
+    plan_book: PlanBook | None = None,
 ) -> Iterator[tuple[list[int], np.ndarray]]:
     """Compute losses batch by batch, yielding `(sample indices, losses [n, C])` as each batch finishes.
 
@@ -97,7 +98,7 @@ def iter_loss_batches(
     yield from run_batches(
         run, widths, sample_tokens, rows_per_item=count,
         max_batch_tokens=max_batch_tokens or default_max_batch_tokens(model),
-        progress=progress, desc=desc, done=done, shard=shard, unplanned=unplanned,
+        progress=progress, desc=desc, done=done, shard=shard, plan_book=plan_book, layout="target-rows",
     )
 
 

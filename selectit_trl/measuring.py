@@ -201,6 +201,35 @@ def _lookup(stored: dict, fingerprint: str, key: str, field: str, shape: tuple) 
     return values if values.shape == shape else None
 
 
+class _PlanBook:
+    """The batch plans of one model and measurement in the score store, in terms of this call's samples.
+
+    Samples are named in the store by their keys, so a plan survives rows being added, removed or reordered; a
+    planned batch whose samples are not all here any more cannot be replayed, and its missing samples are
+    planned again.
+    """
+
+    def __init__(self, output_dir, rank: int, fingerprint: str, kind: str, keys: Sequence[str], plans: dict):
+        self.output_dir, self.rank, self.fingerprint, self.kind, self.keys = output_dir, rank, fingerprint, kind, keys
+        self.plans = plans
+        self.position: dict[str, int] = {}
+        for j, key in enumerate(keys):
+            self.position.setdefault(key, j)
+
+    def recorded(self, layout: str) -> list[tuple[list[int], int]]:
+        batches = []
+        for width, keys in self.plans.get((self.fingerprint, self.kind, layout), []):
+            if all(key in self.position for key in keys):
+                batches.append(([self.position[key] for key in keys], width))
+        return batches
+
+    def record(self, layout: str, batches) -> None:
+        probability_store.append_plan(
+            self.output_dir, self.rank, self.fingerprint, self.kind, layout,
+            [(width, tuple(self.keys[j] for j in members)) for members, width in batches],
+        )
+
+
 class Measurer:
     """Finds measurements in the store, and computes what is missing.
 
@@ -213,16 +242,12 @@ class Measurer:
         self.raters, self.config, self.output_dir = list(raters), config, output_dir
         self.allow_scoring, self.shard, self.barrier, self.progress = allow_scoring, shard, barrier, progress
 
-    def collect(self, measure, samples: Sequence[RatingSample], label: str = "", row_word: str = "row",
-                probed_rows: Sequence[int] = ()) -> Measured:
+    def collect(self, measure, samples: Sequence[RatingSample], label: str = "", row_word: str = "row") -> Measured:
         """Each of the measure's models' values for `samples`, from the store where it has them.
 
         Args:
             label: put before the progress bars' text ("Probe: ").
             row_word: what a sample is called in error messages.
-            probed_rows: rows the signal probe has just measured. They are left out of the batch plan, so that no
-                batch runs again for their sake; the probe always runs first, so the plan is the same in every
-                run, resumed or not.
         """
         raters = measure.raters(self.raters)
         # Identical samples are measured once: `unique` holds the first of each, `copy_of[i]` the position of i's in it.
@@ -245,6 +270,8 @@ class Measurer:
         rank, world = self.shard
         wanted = {(r.fingerprint, key) for r in raters for key in keys[r.model_id]}
         stored = probability_store.read_store(self.output_dir, wanted)
+        # Plans are read with the records, before anyone appends, so that every process replays the same batches.
+        plans = probability_store.read_plans(self.output_dir, {r.fingerprint for r in raters})
         # Rank 0's progress bars count the other processes' records too; it starts following their files before
         # any process can append to them.
         follower = probability_store.StoreFollower(self.output_dir, rank) if world > 1 and self.progress else None
@@ -259,8 +286,6 @@ class Measurer:
         fresh = {r.model_id: np.array([values is None for values in found[r.model_id]]) for r in raters}
         needing = [r for r in raters if fresh[r.model_id].any()]
         last_to_score = needing[-1] if needing else None
-        probed = np.zeros(len(unique), dtype=bool)
-        probed[copy_of[list(probed_rows)]] = True
         scored_now: dict[str, int] = {}
         seconds: dict[str, float] = {}
         for rater in needing:
@@ -281,8 +306,9 @@ class Measurer:
                 finished_elsewhere=follower.finished_rows(rater.fingerprint, measure.kind, rows_of) if follower else None,
             )
             try:
+                book = _PlanBook(self.output_dir, rank, rater.fingerprint, measure.kind, keys[rater.model_id], plans)
                 seconds[rater.model_id] = self._compute_into_store(
-                    measure, rater, unique, have, copy_of, content, keys[rater.model_id], progress, row_word, probed & have
+                    measure, rater, unique, have, copy_of, content, keys[rater.model_id], progress, row_word, book
                 )
                 if rater is last_to_score:
                     # Rank 0 waits at the barrier below anyway; until then its bar follows the other processes.
@@ -308,7 +334,7 @@ class Measurer:
                         {m: flags[copy_of] for m, flags in fresh.items()})
 
     def _compute_into_store(self, measure, rater: Rater, unique, have, copy_of, content, keys, progress, row_word,
-                            unplanned) -> float:
+                            plan_book: _PlanBook) -> float:
         """Compute this process's share of the samples `have` lacks, appending each batch to the store as it finishes.
 
         Returns the seconds spent. A batch that also holds stored samples runs whole (so that every sample is
@@ -325,7 +351,7 @@ class Measurer:
                   probability_store.StoreWriter(output_dir, rank=self.shard[0]) as writer):
                 batches = measure.batches(
                     model, rater, requests, max_batch_tokens=self.config.selection_max_batch_tokens,
-                    progress=progress, done=have, shard=self.shard, unplanned=unplanned,
+                    progress=progress, done=have, shard=self.shard, plan_book=plan_book,
                 )
                 for batch, values in batches:
                     new = [(j, v) for j, v in zip(batch, values) if not have[j]]

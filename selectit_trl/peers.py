@@ -3,13 +3,15 @@
 Each entry is a model id or path, or a mapping that also sets how that peer loads:
 
     selection_peer_models:
-      - meta-llama/Llama-2-13b-hf                       # 4-bit NF4, bf16 compute
+      - meta-llama/Llama-2-13b-hf                       # 4-bit NF4, compute dtype by hardware
       - {model: ./my-13b, load_in_4bit: false, dtype: bfloat16}
       - {model: org/other, revision: 3f2a1c0}
 
 On the command line a mapping is written as JSON: `--selection_peer_models org/a '{"model": "org/b"}'`.
 Peers load in 4-bit by default, whatever the tuned model does, so that a 13B peer fits beside a 7B base on
-one consumer GPU: each is loaded, used and released in turn.
+one consumer GPU: each is loaded, used and released in turn. Their compute dtype, unless the entry names one,
+is the one `dtype: auto` picks (`hardware.py`): bf16 where the device runs it natively, else fp16 on a GPU and
+fp32 on a CPU.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ PEER_DTYPES = ("auto", "bfloat16", "float16", "float32")
 class PeerSpec:
     model: str  # hub id or local path
     revision: str | None = None  # hub branch, tag or commit
-    dtype: str | None = None  # weights' dtype, or the 4-bit compute dtype; default bfloat16 in 4-bit, else the tuned model's
+    dtype: str | None = None  # weights' dtype, or the 4-bit compute dtype; default by hardware in 4-bit, else the tuned model's
     load_in_4bit: bool = True  # NF4 through bitsandbytes
 
     @property

@@ -27,6 +27,18 @@ without a forward pass.
 Each process appends to a file of its own (`rank<R>.jsonl`), so there is never more than one writer per file.
 A process killed in mid-write can leave a torn last line: readers drop any line that does not parse or does
 not hold a complete record, and the owner cuts a torn tail off before it appends again.
+
+Beside the records, `plans/rank<R>.jsonl` keeps the batches each process was about to run, written and fsynced
+before the first of them runs:
+
+    {"model": FINGERPRINT, "kind": "ratings", "layout": "shared-prefix", "time_ns": ...,
+     "batches": [[WIDTH, [TOKENS, TOKENS, ...]], ...]}
+
+The floats of a batched forward pass depend on the batch's shape: on CPUs without AMX they differ in the last
+bits from one batch to another. A sample that must be measured again (after a kill, a torn line, or a failed
+process) therefore runs in the very batch, at the very width and row, that its plan first gave it, and comes out
+bit for bit as it would have. The plans live in their own folder so that the records' files, and every reader
+of them, stay as they were.
 """
 
 from __future__ import annotations
@@ -47,6 +59,7 @@ from .store import selection_dir
 logger = logging.getLogger(__name__)
 
 STORE_DIR = "store"
+PLANS_DIR = "plans"
 RECORD_FIELDS = ("model", "tokens", "probs")
 
 
@@ -77,7 +90,7 @@ def _valid(record) -> bool:
     )
 
 
-def _records(path: Path):
+def _records(path: Path, valid: Callable[[object], bool] = _valid):
     """The records of one store file, and how many of its lines were dropped. Read line by line; a last line
     without its newline is torn even when it parses, as the owning writer will cut it off."""
     dropped = 0
@@ -93,10 +106,10 @@ def _records(path: Path):
             except (UnicodeDecodeError, ValueError, RecursionError):
                 record = None
             try:
-                valid = _valid(record)
+                whole = valid(record)
             except (OverflowError, RecursionError, TypeError):
-                valid = False
-            if valid:
+                whole = False
+            if whole:
                 yield record, 0
             else:
                 dropped += 1  # damaged since it was written: never trusted
@@ -207,10 +220,11 @@ def _fsync_directory(folder: Path) -> None:
 
 
 class StoreWriter:
-    """Appends records to this process's file of the store, durably, one batch at a time."""
+    """Appends records to this process's file of the store (or of its `plans/`), durably, one batch at a time."""
 
-    def __init__(self, output_dir, rank: int = 0):
-        self.path = store_dir(output_dir) / f"rank{rank}.jsonl"
+    def __init__(self, output_dir, rank: int = 0, plans: bool = False):
+        folder = store_dir(output_dir) / PLANS_DIR if plans else store_dir(output_dir)
+        self.path = folder / f"rank{rank}.jsonl"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         created = not self.path.exists()
         self._handle = open(self.path, "ab")
@@ -267,3 +281,63 @@ class StoreWriter:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+# A planned batch: its width in tokens, and the store keys of its samples in row order.
+PlannedBatch = tuple[int, tuple[str, ...]]
+
+
+def _valid_plan(record) -> bool:
+    return (
+        isinstance(record, dict)
+        and all(isinstance(record.get(field), str) for field in ("model", "kind", "layout"))
+        and type(record.get("time_ns")) is int
+        and isinstance(record.get("batches"), list)
+        and all(
+            isinstance(batch, list) and len(batch) == 2 and type(batch[0]) is int and batch[0] > 0
+            and isinstance(batch[1], list) and batch[1] and all(isinstance(key, str) for key in batch[1])
+            for batch in record["batches"]
+        )
+    )
+
+
+def read_plans(output_dir, models: set[str] | None = None) -> dict[tuple[str, str, str], list[PlannedBatch]]:
+    """The batches planned so far, by (model fingerprint, kind of measurement, layout), as they stand now.
+
+    A sample planned more than once (a batch planned again with a smaller budget after running out of memory)
+    belongs to its latest batch, and a batch that has lost a sample to a later one is no longer whole, so it is
+    left out. Damaged lines are skipped: a sample whose plan was lost is planned again.
+    """
+    folder = store_dir(output_dir) / PLANS_DIR
+    records = []
+    for path in sorted(folder.glob("*.jsonl")) if folder.is_dir() else []:
+        records.extend(record for record, _ in _plan_records(path) if models is None or record["model"] in models)
+    owner: dict[tuple[str, str, str, str], int] = {}  # (model, kind, layout, key) -> its latest batch
+    batches: list[tuple[tuple[str, str, str], PlannedBatch]] = []
+    for record in sorted(records, key=lambda r: r["time_ns"]):
+        group = (record["model"], record["kind"], record["layout"])
+        for width, keys in record["batches"]:
+            for key in keys:
+                owner[(*group, key)] = len(batches)
+            batches.append((group, (width, tuple(keys))))
+    plans: dict[tuple[str, str, str], list[PlannedBatch]] = defaultdict(list)
+    for number, (group, (width, keys)) in enumerate(batches):
+        if all(owner[(*group, key)] == number for key in keys):
+            plans[group].append((width, keys))
+    return dict(plans)
+
+
+def _plan_records(path: Path):
+    for record, _ in _records(path, _valid_plan):
+        if record is not None:
+            yield record, 0
+
+
+def append_plan(output_dir, rank: int, model: str, kind: str, layout: str, batches: Sequence[PlannedBatch]) -> None:
+    """Record durably, before they run, the batches this process is about to run."""
+    if not batches:
+        return
+    record = {"model": model, "kind": kind, "layout": layout, "time_ns": time.time_ns(),
+              "batches": [[int(width), list(keys)] for width, keys in batches]}
+    with StoreWriter(output_dir, rank=rank, plans=True) as writer:
+        writer.append([record])

@@ -104,6 +104,8 @@ class _TeacherTexts:
                     if isinstance(r.get("text"), str)}
 
         have = found()
+        # Read with the texts, before anyone appends: every process replays the same batches.
+        planned = probability_store.read_plans(self.output_dir, {fingerprint}).get((fingerprint, "rewrite", "generate"), [])
         rank, world = self.shard
         # Rank 0's bar counts the other processes' texts too; it follows their files from before anyone appends.
         follower = probability_store.StoreFollower(self.output_dir, rank) if world > 1 and self.progress else None
@@ -116,22 +118,36 @@ class _TeacherTexts:
                     "must train on the subset it started with: resume with the original settings, or start a fresh "
                     "output_dir."
                 )
-            self._generate(prompts, keys, missing, label, follower)
+            self._generate(prompts, keys, missing, label, follower, planned)
             self.generated += len(missing)  # every process's share: the same count on each
             self.barrier()  # every process's share is in the store before anyone reads it back
             have = found()
         return [have[k] for k in keys]
 
-    def _generate(self, prompts, keys, missing: list[int], label: str, follower) -> None:
+    def _generate(self, prompts, keys, missing: list[int], label: str, follower, planned) -> None:
         """This process's share of the missing prompts, longest first in batches, each batch stored as it ends.
 
-        `follower` (rank 0 under accelerate, else None) reports the other processes' texts as they are stored.
+        Greedy text depends on the batch it is generated in (its padding, and the last bits of its floats), so a
+        prompt that an earlier run planned is generated again in that batch, whole (`planned`, from the store's
+        plans); the others are batched among themselves, and their batches recorded before they run. `follower`
+        (rank 0 under accelerate, else None) reports the other processes' texts as they are stored.
         """
         size = self.config.selection_teacher_batch_size
-        order = sorted(missing, key=lambda i: (-len(prompts[i]), i))
-        batches = [order[start:start + size] for start in range(0, len(order), size)]
+        position = {k: i for i, k in enumerate(keys)}  # one prompt per key, the one `missing` names
+        lacking = set(missing)
+        replayed = [[position[k] for k in batch] for _, batch in planned
+                    if all(k in position for k in batch) and lacking & {position[k] for k in batch}]
+        covered = {position[k] for _, batch in planned if all(k in position for k in batch) for k in batch}
+        order = sorted((i for i in missing if i not in covered), key=lambda i: (-len(prompts[i]), i))
+        fresh = [order[start:start + size] for start in range(0, len(order), size)]
         rank, world = self.shard
-        mine = [b for n, b in enumerate(batches) if n % world == rank]
+        owned = [n % world == rank for n in range(len(replayed) + len(fresh))]
+        mine = [b for b, own in zip(replayed + fresh, owned) if own]
+        probability_store.append_plan(
+            self.output_dir, rank, self.teacher.fingerprint, "rewrite", "generate",
+            [(max(len(prompts[i]) for i in b), tuple(keys[i] for i in b))
+             for b, own in zip(fresh, owned[len(replayed):]) if own],
+        )
         if not mine:
             return
         if self.model is None:
@@ -149,9 +165,10 @@ class _TeacherTexts:
                 for batch in mine:
                     texts = generate(self.model, self.teacher.tokenizer, [prompts[i] for i in batch],
                                      self.config.selection_teacher_max_new_tokens)
+                    new = [(i, text) for i, text in zip(batch, texts) if i in lacking]  # a replayed batch's others are stored
                     writer.append({"model": self.teacher.fingerprint, "model_id": self.teacher.model_id,
-                                   "tokens": keys[i], "kind": "rewrite", "text": text} for i, text in zip(batch, texts))
-                    bar.advance(batch)
+                                   "tokens": keys[i], "kind": "rewrite", "text": text} for i, text in new)
+                    bar.advance([i for i, _ in new])
             bar.wait_for_others()  # rank 0 waits at the barrier next anyway; until then its bar follows the others
         finally:
             bar.close()

@@ -23,7 +23,7 @@ import math
 import os
 from collections import deque
 from collections.abc import Iterator, Sequence
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 import numpy as np
 import torch
@@ -267,15 +267,14 @@ def iter_score_batches(
     share_prefix: bool = True,
     done: Sequence[bool] | None = None,
     shard: tuple[int, int] = (0, 1),
-    unplanned: Sequence[bool] | None = None,
+    plan_book: PlanBook | None = None,
 ) -> Iterator[tuple[list[int], np.ndarray]]:
     """Score samples batch by batch, yielding `(sample indices, probs [n, K, S])` as each batch finishes.
 
-    Batches are planned over all of `requests` first, and only then are finished batches skipped and the rest
-    shared out between processes. A sample is therefore scored in the same batch, with the same padding,
-    whether the run is the first, one resumed after an interruption, or one of several processes, and its
-    probabilities come out bit for bit the same. Only when the unfinished samples are scattered over the plan,
-    so that it would run more than twice as many samples as are missing, are they planned on their own.
+    The samples not yet scored are planned into batches, which are shared out between processes. With a
+    `plan_book`, every batch is recorded before it runs, and a sample that an earlier run planned but did not
+    finish runs again in that same batch, with the same padding and row, so its probabilities come out bit for
+    bit the same whether the run is the first, one resumed after an interruption, or one of several processes.
 
     Args:
         requests: for each sample, its prefix and K suffixes. A sample's K requests always share a batch.
@@ -290,8 +289,8 @@ def iter_score_batches(
             holding some of them runs whole and yields them too.
         shard: (this process's rank, number of processes). Each process runs its own share of the batches,
             balanced by padded tokens; together they run every batch once.
-        unplanned: samples left out of the plan altogether, because they are always scored before this call
-            (the signal probe's rows). Each must also be in `done`.
+        plan_book: where batch plans are kept between runs (see `PlanBook`); without one, the samples not in
+            `done` are planned afresh.
     """
     if not requests:
         return
@@ -331,7 +330,8 @@ def iter_score_batches(
     yield from run_batches(
         run, widths, sample_tokens, rows_per_item=1 if shared else k,
         max_batch_tokens=max_batch_tokens or default_max_batch_tokens(model),
-        progress=progress, desc=desc, done=done, shard=shard, unplanned=unplanned,
+        progress=progress, desc=desc, done=done, shard=shard, plan_book=plan_book,
+        layout="shared-prefix" if shared else "whole-rows",
     )
 
 
@@ -346,6 +346,17 @@ def check_fits(model, lengths: Sequence[int]) -> None:
         )
 
 
+class PlanBook(Protocol):
+    """Where the batch plans of one model and measurement are kept between runs (`measuring.py` keeps them in the
+    score store). Batches are given as sample indices of the current call, with the width they run at."""
+
+    def recorded(self, layout: str) -> list[tuple[list[int], int]]:
+        """The batches planned by earlier runs in this layout, each made only of samples of this call."""
+
+    def record(self, layout: str, batches: Sequence[tuple[list[int], int]]) -> None:
+        """Keep these batches, durably, before any of them runs."""
+
+
 def run_batches(
     run,
     widths: Sequence[int],
@@ -356,39 +367,47 @@ def run_batches(
     desc: str = "Scoring",
     done: Sequence[bool] | None = None,
     shard: tuple[int, int] = (0, 1),
-    unplanned: Sequence[bool] | None = None,
+    plan_book: PlanBook | None = None,
+    layout: str = "rows",
 ) -> Iterator[tuple[list[int], np.ndarray]]:
     """Plan, share out and run batches of samples, yielding `(sample indices, values)` as each batch finishes.
 
     The machinery every per-sample measurement shares (rating probabilities here, losses in `losses.py`):
     `run(batch, width)` does one forward pass over a batch padded to `width` and returns an array whose first
     axis follows `batch`. `widths` are the samples' bucketed row widths and `sample_tokens` the tokens the
-    model reads per sample (for the progress bar). The other arguments are those of `iter_score_batches`.
-    Out of memory, the budget is halved and the batch planned again; a sample with a NaN or infinite value
-    raises `NonFiniteScoresError`.
+    model reads per sample (for the progress bar); `layout` names how `run` lays a batch out, since a plan made
+    for one layout means nothing in another. The other arguments are those of `iter_score_batches`.
+
+    A missing sample that an earlier run planned runs again in that very batch (all of it, at its width), so
+    that it comes out bit for bit as it would have then; the others are planned among themselves, and their
+    batches are recorded in `plan_book` before they run. Out of memory, the budget is halved and the batch
+    planned again; a sample with a NaN or infinite value raises `NonFiniteScoresError`.
     """
 
-    def plan(items: list[int], budget: int) -> deque[list[int]]:
-        return deque([items[j] for j in batch] for batch in plan_batches([widths[i] for i in items], budget, rows_per_item))
+    def plan(items: list[int], budget: int) -> list[tuple[list[int], int]]:
+        batches = plan_batches([widths[i] for i in items], budget, rows_per_item)
+        return [(members, max(widths[i] for i in members)) for members in ([items[j] for j in b] for b in batches)]
 
-    planned = [i for i in range(len(widths)) if unplanned is None or not unplanned[i]]
-    batches = [b for b in plan(planned, max_batch_tokens) if done is None or not all(done[i] for i in b)]
-    missing = [i for i in planned if done is None or not done[i]]
-    if sum(len(b) for b in batches) > 2 * len(missing):
-        # The missing samples are scattered (rows added to a finished run, say), so the full plan would rerun
-        # whole batches for a few new samples each: plan the missing ones alone. An interrupted run is missing
-        # whole batches of the full plan and keeps it, and with it the same numbers.
-        batches = list(plan(missing, max_batch_tokens))
+    missing = np.ones(len(widths), dtype=bool) if done is None else ~np.asarray(done, dtype=bool)
+    earlier = plan_book.recorded(layout) if plan_book is not None else []
+    covered = np.zeros(len(widths), dtype=bool)
+    for members, _ in earlier:
+        covered[members] = True
+    # Batches of an earlier plan that hold a missing sample run whole; only their missing samples are new.
+    replayed = [(members, width) for members, width in earlier if missing[members].any()]
+    fresh = plan([i for i in range(len(widths)) if missing[i] and not covered[i]], max_batch_tokens)
+    batches = replayed + fresh
     rank, world = shard
-    owners = share_batches([len(b) * rows_per_item * max(widths[i] for i in b) for b in batches], world)
-    pending = deque(b for b, owner in zip(batches, owners) if owner == rank)
+    owners = share_batches([len(b) * rows_per_item * width for b, width in batches], world)
+    pending = deque(batch for batch, owner in zip(batches, owners) if owner == rank)
+    if plan_book is not None:
+        plan_book.record(layout, [batch for batch, owner in zip(fresh, owners[len(replayed):]) if owner == rank])
     bar = progress if isinstance(progress, ScoringProgress) else ScoringProgress(desc, enabled=progress)
     # Only samples that are not stored yet: they are the ones every process will report as it finishes them.
-    bar.start([i for b in batches for i in b if done is None or not done[i]], sample_tokens)
+    bar.start([i for b, _ in batches for i in b if missing[i]], sample_tokens)
     try:
         while pending:
-            batch = pending.popleft()
-            width = max(widths[i] for i in batch)
+            batch, width = pending.popleft()
             try:
                 values = run(batch, width)
             except torch.OutOfMemoryError:
@@ -403,7 +422,9 @@ def run_batches(
                                len(batch), max_batch_tokens)
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()
-                pending = plan([*batch, *(i for b in pending for i in b)], max_batch_tokens)
+                pending = deque(plan([*batch, *(i for b, _ in pending for i in b)], max_batch_tokens))
+                if plan_book is not None:
+                    plan_book.record(layout, list(pending))  # a resumed run replays these, not the batches that failed
                 continue
             finite = np.isfinite(values).reshape(len(batch), -1).all(axis=1)
             if not finite.all():

@@ -284,7 +284,7 @@ def run_selection(
     if config.selection_probe:
         probe_summary, probed_rows, probe_evaluation = _probe(plan, measurer, samples, empty, write, required=False)
 
-    evaluation = plan.evaluate(measurer, samples, probed_rows=probed_rows)
+    evaluation = plan.evaluate(measurer, samples)
     measured = evaluation.measured
     scored_now, seconds = _this_run(measured, probe_evaluation, len(probed_rows))
     if recycled is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -21,7 +22,7 @@ from transformers.integrations import is_deepspeed_zero3_enabled
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 from trl import SFTTrainer
 
-from . import diversity, formats, strategies
+from . import diversity, formats, hardware, strategies
 from .card import selection_metrics, write_card_section
 from .config import SelectiveSFTConfig
 from .errors import DatasetError, SelectionConfigError, StoredSelectionMismatch
@@ -55,6 +56,28 @@ CHECKPOINT_SELECTION_FILE = "selection.json"
 
 def _context_length(config) -> int | None:
     return getattr(config.get_text_config(), "max_position_embeddings", None)
+
+
+def _load_dtype(model: str, init_kwargs: dict, quantization, args) -> torch.dtype | str | None:
+    """The dtype the model being tuned loads in, with `auto` resolved for the hardware (`hardware.py`).
+
+    In 4-bit, `auto` loads the layers left out of the quantisation in the compute dtype, as TRL's recipes do with
+    one `dtype` for both. Without a dtype, TRL's own default (float32) applies. A 16-bit dtype that this CPU only
+    emulates still loads, after one warning with the measured slowdown.
+    """
+    device = hardware.device_type(args)
+    requested = hardware.as_dtype(init_kwargs.get("dtype"))
+    four_bit = bool(getattr(quantization, "load_in_4bit", False))
+    compute = getattr(quantization, "bnb_4bit_compute_dtype", None) if four_bit else None
+    if requested == "auto":
+        if four_bit:
+            requested = compute
+        else:
+            config = AutoConfig.from_pretrained(model, revision=init_kwargs.get("revision"),
+                                                trust_remote_code=init_kwargs.get("trust_remote_code", False))
+            requested = hardware.resolve_dtype("auto", device, getattr(config, "dtype", None))
+    hardware.warn_if_emulated(compute or requested, device, "The model being tuned")
+    return requested
 
 
 class _RecordSelectionInCheckpoints(TrainerCallback):
@@ -135,11 +158,19 @@ class SelectiveSFTTrainer(SFTTrainer):
             raise TypeError("SelectiveSFTTrainer needs a SelectiveSFTConfig, which carries the selection_* settings.")
         if train_dataset is None:
             raise DatasetError("SelectiveSFTTrainer needs a train_dataset to select from.")
+        args = copy.copy(args)  # the load settings below are this trainer's; the caller's config stays as it was
         # Weights load from safetensors only, unless the user opts in to pickle files (checked here for local paths,
         # before anything loads; transformers refuses pickle-only hub repositories itself).
         allow_pickle = (args.model_init_kwargs or {}).get("use_safetensors") is False
+        quantization = kwargs.get("quantization_config") or (args.model_init_kwargs or {}).get("quantization_config")
         if isinstance(model, str):
             args.model_init_kwargs = {"use_safetensors": True, **(args.model_init_kwargs or {})}
+            dtype = _load_dtype(model, args.model_init_kwargs, quantization, args)
+            if dtype is not None:
+                args.model_init_kwargs["dtype"] = dtype
+        else:
+            compute = getattr(getattr(model.config, "quantization_config", None), "bnb_4bit_compute_dtype", None)
+            hardware.warn_if_emulated(compute or model.dtype, hardware.device_type(args), "The model being tuned")
         others = [*args.peer_specs(), *filter(None, [args.teacher_spec()])]
         for source in ([model] if isinstance(model, str) else []) + [peer.model for peer in others]:
             check_model_source(source, allow_pickle)
@@ -193,19 +224,22 @@ class SelectiveSFTTrainer(SFTTrainer):
         device = self.model.get_input_embeddings().weight.device
         # Loaded straight onto the scoring device (quantised as it loads, for 4-bit), not through host memory.
         init_kwargs["device_map"] = {"": str(device)}
+        config = AutoConfig.from_pretrained(peer.model, revision=peer.revision, trust_remote_code=remote)
         if peer.load_in_4bit:
-            if peer.dtype not in (None, "auto"):
-                compute = getattr(torch, peer.dtype)
-            else:  # bf16, except on GPUs without it (T4, V100)
-                compute = torch.float16 if device.type == "cuda" and not torch.cuda.is_bf16_supported() else torch.bfloat16
+            # By default bf16 where the device runs it natively, else fp16 on a GPU and fp32 on a CPU (hardware.py).
+            compute = hardware.resolve_compute_dtype(peer.dtype, device.type)
             init_kwargs["quantization_config"] = BitsAndBytesConfig(
                 load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute, bnb_4bit_use_double_quant=True
             )
             init_kwargs["dtype"] = compute
+        elif peer.dtype is None:
+            init_kwargs["dtype"] = self.model.dtype  # the tuned model's, already chosen for this hardware
         else:
             # A torch.dtype either way, so that the same load always gives the same fingerprint.
-            init_kwargs["dtype"] = getattr(torch, peer.dtype) if peer.dtype not in (None, "auto") else self.model.dtype
-        config = AutoConfig.from_pretrained(peer.model, revision=peer.revision, trust_remote_code=remote)
+            init_kwargs["dtype"] = hardware.resolve_dtype(peer.dtype, device.type, getattr(config, "dtype", None))
+            if init_kwargs["dtype"] == "auto":  # on a GPU: the checkpoint's dtype, as transformers reads it
+                init_kwargs["dtype"] = getattr(config, "dtype", None) or torch.float32
+        hardware.warn_if_emulated(init_kwargs["dtype"], device.type, f"Peer {peer.model_id}")
 
         def load():
             return AutoModelForCausalLM.from_pretrained(peer.model, **init_kwargs).eval()

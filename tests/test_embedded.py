@@ -90,7 +90,8 @@ def test_embedded_model_in_4bit_scores_then_trains_the_same_model(demo_dataset, 
     assert summary["counts"] == {"total": 6, "selected": 3}
     probs = np.array([r["probs"][EMBEDDED_MODEL_ID] for r in read_scores(tmp_path)])
     assert probs.shape == (6, 3, 5) and (probs > 0).all() and (probs.sum(-1) <= 1).all()
-    # The 4-bit layers that scored are the ones that were trained through: one load, not two.
-    assert all(m.support_avx512bf16_for_cpu is False for m in four_bit)
+    # The 4-bit layers that scored are the ones that were trained through (one load, not two), and scoring left
+    # their weights in the layout training reads: bitsandbytes repacks them on AVX512-BF16 CPUs unless guarded.
+    assert not any(getattr(m.weight.quant_state, "packing_format_for_cpu", False) for m in four_bit)
     assert trainer.state.global_step == 1
     assert json.loads((tmp_path / "selection" / "summary.json").read_text())["scoring_seconds"] > 0

@@ -1,5 +1,7 @@
 """Student-selected recycling: a teacher rewrites, the model being tuned keeps each version by IFD and r-IFD."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -11,7 +13,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from selectit_trl import SelectiveSFTTrainer, measuring, recycling, strategies
 from selectit_trl.errors import SelectionConfigError
 from selectit_trl.formats import rating_samples, resolve_format
-from selectit_trl.probability_store import _valid, read_store
+from selectit_trl.probability_store import _valid, read_plans, read_store
 from selectit_trl.prompts import RatingSample, build_target_requests, turn_texts
 from selectit_trl.report import write_report
 from selectit_trl.store import read_scores, read_summary
@@ -118,11 +120,29 @@ def test_recycling_end_to_end(tiny_llama, teacher, demo_dataset, tmp_path, monke
     def forbidden(*a, **k):
         raise AssertionError("ran again")
 
+    real_generate = recycling.generate
+
     monkeypatch.setattr(recycling, "generate", forbidden)
     monkeypatch.setattr(measuring, "iter_loss_batches", forbidden)
     again = SelectiveSFTTrainer(model=tiny_llama, train_dataset=dataset, args=args).select()
     assert again.reused and again.selected_indices == trainer.selection_result.selected_indices
     assert sorted(again.recycled) == [i for i, v in enumerate(versions) if v != "original"]
+
+    # A text lost from the store (a torn line) is generated again in the batch its plan gave it, whole, so that
+    # greedy decoding sees the same padding and comes out the same; only that text is stored again.
+    store = tmp_path / "selection" / "store" / "rank0.jsonl"
+    lines = store.read_text().splitlines(keepends=True)
+    lost = next(n for n, line in enumerate(lines) if '"kind": "rewrite"' in line)
+    lost_key = json.loads(lines[lost])["tokens"]
+    store.write_text("".join(lines[:lost] + lines[lost + 1:]))
+    ((fingerprint, _, _), plan), = [(g, b) for g, b in read_plans(tmp_path).items() if g[1] == "rewrite"]
+    (planned,) = [keys for _, keys in plan if lost_key in keys]
+    calls = []
+    monkeypatch.setattr(recycling, "generate", lambda model, tok, prompts, n: calls.append(prompts) or real_generate(model, tok, prompts, n))
+    again = SelectiveSFTTrainer(model=tiny_llama, train_dataset=dataset, args=args).select()
+    assert [len(c) for c in calls] == [len(planned)] and len(planned) > 1
+    restored = store.read_text().splitlines(keepends=True)
+    assert sorted(restored) == sorted(lines) and again.selected_indices == trainer.selection_result.selected_indices
 
 
 def test_recycling_needs_single_turn_rows(tiny_llama, teacher, tmp_path):

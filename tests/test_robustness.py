@@ -84,8 +84,10 @@ def test_nan_logits_stop_the_run_name_the_row_and_model_and_keep_the_store(tiny_
     dataset = demo_dataset(6)
     make_trainer(tiny_llama, dataset, tmp_path).select()
 
-    def files():
-        return {str(p.relative_to(tmp_path)): p.read_bytes() for p in (tmp_path / "selection").rglob("*") if p.is_file()}
+    def files():  # everything but the batch plans, which record the failed batch before it runs
+        plans = tmp_path / "selection" / "store" / "plans"
+        return {str(p.relative_to(tmp_path)): p.read_bytes() for p in (tmp_path / "selection").rglob("*")
+                if p.is_file() and plans not in p.parents}
 
     before = files()
     broken = AutoModelForCausalLM.from_pretrained(tiny_llama)
@@ -96,7 +98,7 @@ def test_nan_logits_stop_the_run_name_the_row_and_model_and_keep_the_store(tiny_
     with pytest.raises(NonFiniteScoresError, match=r"gave row \d NaN or infinite rating probabilities") as error:
         trainer.select()
     assert str(error.value).startswith(tiny_llama) and "are kept in" in str(error.value)
-    assert 0 <= error.value.sample_index < 7  # the seventh row's batch runs whole, stored rows and all
+    assert error.value.sample_index == 6  # the only row no earlier run planned, so planned and run alone
     assert files() == before  # the failed batch wrote nothing; the store and the last selection are as they were
 
 
@@ -296,26 +298,68 @@ def test_damaged_records_that_parse_are_dropped_not_fatal(tmp_path):
     assert list(read_store(tmp_path)) == [("m", "t0")]
 
 
-def test_scattered_missing_samples_are_planned_alone_and_whole_missing_batches_keep_the_plan(tiny_llama, tokenizer, demo_rows):
+class _ShapeLog:
+    """Records the shape of every forward pass's input ids, and passes the call through unchanged."""
+
+    def __init__(self, model):
+        self.forward, self.shapes = model.forward, []
+
+    def __call__(self, input_ids=None, **kwargs):
+        self.shapes.append(tuple(input_ids.shape))
+        return self.forward(input_ids=input_ids, **kwargs)
+
+
+@pytest.mark.parametrize("share_prefix", [True, False])
+def test_a_missing_sample_runs_again_in_the_very_batch_width_and_row_its_plan_gave_it(
+        tiny_llama, tokenizer, demo_rows, tmp_path, share_prefix):
+    """On CPUs without AMX the floats of a forward pass depend on the batch's shape, so exactness on resume needs
+    the batch itself again: the rows, their order and the padded width that the first plan gave them."""
+    from selectit_trl.measuring import _PlanBook, token_hashes
+    from selectit_trl.probability_store import read_plans
     from selectit_trl.scoring import iter_score_batches
 
-    model = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32).eval()
-    samples = [RatingSample(r["instruction"], r["output"]) for r in demo_rows[:24]]
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32, attn_implementation="sdpa").eval()
+    log = model.forward = _ShapeLog(model)
+    samples = [RatingSample(r["instruction"], r["output"]) for r in demo_rows[:26]]
     requests = build_requests(samples, load_prompts(2, 5), tokenizer)
     ids, pad = score_token_ids(tokenizer, 5), tokenizer.pad_token_id
+    keys = token_hashes(requests, ids)
 
-    def run(done):
-        return [b for b, _ in iter_score_batches(model, requests, ids, pad, max_batch_tokens=1000, progress=False, done=done)]
+    def run(count, done):
+        book = _PlanBook(tmp_path, 0, "fingerprint", "ratings", keys[:count], read_plans(tmp_path))
+        log.shapes.clear()
+        batches = list(iter_score_batches(model, requests[:count], ids, pad, max_batch_tokens=1000 if share_prefix else 2000,
+                                          progress=False, done=done, plan_book=book, share_prefix=share_prefix))
+        # The batches' own passes come last: prefix sharing is first checked on one sample, in two passes.
+        return ([b for b, _ in batches], {i: v for b, values in batches for i, v in zip(b, values)},
+                log.shapes[len(log.shapes) - len(batches):])
 
-    full = run(None)
-    assert len(full) > 2 and max(len(b) for b in full) > 2
-    scattered = np.ones(24, dtype=bool)
-    scattered[[full[0][0], full[-1][0]]] = False  # one new row in each of two batches
-    assert sorted(i for b in run(scattered) for i in b) == sorted([full[0][0], full[-1][0]])
-    interrupted = np.zeros(24, dtype=bool)
-    for batch in full[:2]:
-        interrupted[batch] = True  # the first two batches were stored before a kill
-    assert run(interrupted) == full[2:]
+    full, values, shapes = run(24, None)
+    assert len(full) > 2 and all(len(b) > 2 for b in (full[0], full[-1])), full
+    done = np.ones(24, dtype=bool)
+    done[[full[0][1], full[-1][-1]]] = False  # a sample of the first batch and one of the last, as a torn line leaves
+    again, again_values, again_shapes = run(24, done)
+    assert again == [full[0], full[-1]]  # whole batches, rows in the same order
+    assert again_shapes == [shapes[0], shapes[-1]]  # at the same padded width
+    assert all(np.array_equal(again_values[i], values[i]) for b in again for i in b)
+
+    # Rows new to the data are no plan's: they are planned among themselves, not with the rows already scored.
+    added, _, _ = run(26, np.arange(26) < 24)
+    assert sorted(i for b in added for i in b) == [24, 25]
+
+
+def test_the_latest_plan_of_a_sample_wins_and_a_batch_that_lost_a_sample_is_not_replayed(tmp_path):
+    from selectit_trl.probability_store import append_plan, read_plans
+
+    append_plan(tmp_path, 0, "m", "ratings", "whole-rows", [(64, ("a", "b", "c")), (32, ("d", "e"))])
+    append_plan(tmp_path, 1, "m", "ratings", "whole-rows", [(64, ("c",))])  # c planned again, alone (out of memory)
+    append_plan(tmp_path, 0, "m", "ifd", "target-rows", [(16, ("a",))])
+    (tmp_path / "selection" / "store" / "plans" / "rank1.jsonl").open("a").write('{"model": "m", "kind": "rat')
+    assert read_plans(tmp_path) == {
+        ("m", "ratings", "whole-rows"): [(32, ("d", "e")), (64, ("c",))],
+        ("m", "ifd", "target-rows"): [(16, ("a",))],
+    }
+    assert read_plans(tmp_path, {"other"}) == {}
 
 
 def test_two_writers_on_one_store_file_are_refused(tmp_path):
