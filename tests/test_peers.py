@@ -9,7 +9,7 @@ from conftest import build_tiny_llama, cpu_config
 from peft import LoraConfig
 from transformers import AutoModelForCausalLM
 
-from selectit_trl import SelectiveSFTTrainer, embedded_model_path
+from selectit_trl import hardware, SelectiveSFTTrainer, embedded_model_path
 from selectit_trl.errors import SelectionConfigError
 from selectit_trl.peers import PeerSpec, parse_peer
 from selectit_trl.store import read_scores, read_summary
@@ -108,7 +108,9 @@ def test_a_peer_loads_in_4bit_by_default_and_as_asked_otherwise(tiny_llama, peer
     trainer = SelectiveSFTTrainer(model=tiny_llama, args=cpu_config(tmp_path), train_dataset=demo_dataset(5))
     quantised = trainer._peer_rater(parse_peer(peer)).load()
     assert quantised.config.quantization_config.load_in_4bit
-    assert quantised.config.quantization_config.bnb_4bit_compute_dtype == torch.bfloat16
+    # By default, the compute dtype `dtype: auto` picks: bf16 only where this CPU runs it natively.
+    native = torch.bfloat16 if hardware.native_cpu_bf16() else torch.float32
+    assert quantised.config.quantization_config.bnb_4bit_compute_dtype == native
     plain = trainer._peer_rater(parse_peer({"model": peer, "load_in_4bit": False, "dtype": "float32"})).load()
     assert getattr(plain.config, "quantization_config", None) is None and plain.dtype == torch.float32
 
