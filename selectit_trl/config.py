@@ -196,7 +196,8 @@ class SelectiveSFTConfig(SFTConfig):
     def __post_init__(self):
         if self.bf16 is None and not self.fp16:
             # SFTConfig turns bf16 on by default, which fails on a machine without a bf16-capable GPU.
-            self.bf16 = bool(not self.use_cpu and torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+            self.bf16 = bool(not self.use_cpu and torch.cuda.is_available()
+                             and torch.cuda.is_bf16_supported(including_emulation=False))
         super().__post_init__()
         self._validate_selection()
 

@@ -83,7 +83,8 @@ def device_type(args) -> str:
 def auto_compute_dtype(device_type: str) -> torch.dtype:
     """The compute dtype `auto` means: bf16 where the device runs it natively, else fp16 on a GPU, else fp32."""
     if device_type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        # Without including_emulation=False, torch reports bf16 on T4 and V100 too, where it is emulated.
+        return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
     if device_type == "cpu":
         return torch.bfloat16 if native_cpu_bf16() else torch.float32
     return torch.bfloat16  # xpu, mps and others: bf16 is their usual low-precision type

@@ -342,6 +342,10 @@ class Measurer:
         """
         output_dir = self.output_dir
         requests, cut = measure.requests(rater, unique)
+        # Distinct samples can render to the same tokens, and so share a store key: measure the first of them only,
+        # so that every key has one place in one batch (the others read its record back).
+        first_of_key: dict[str, int] = {}
+        done = np.array([have[j] or first_of_key.setdefault(key, j) != j for j, key in enumerate(keys)])
         model = rater.load()
         started = time.perf_counter()
         written = 0
@@ -351,10 +355,10 @@ class Measurer:
                   probability_store.StoreWriter(output_dir, rank=self.shard[0]) as writer):
                 batches = measure.batches(
                     model, rater, requests, max_batch_tokens=self.config.selection_max_batch_tokens,
-                    progress=progress, done=have, shard=self.shard, plan_book=plan_book,
+                    progress=progress, done=done, shard=self.shard, plan_book=plan_book,
                 )
                 for batch, values in batches:
-                    new = [(j, v) for j, v in zip(batch, values) if not have[j]]
+                    new = [(j, v) for j, v in zip(batch, values) if not done[j]]
                     writer.append(
                         {"model": rater.fingerprint, "model_id": rater.model_id, "tokens": keys[j], "sample": content[j],
                          **extra, measure.field: v.tolist(), "truncated": bool(cut[j])}

@@ -143,11 +143,6 @@ class _TeacherTexts:
         rank, world = self.shard
         owned = [n % world == rank for n in range(len(replayed) + len(fresh))]
         mine = [b for b, own in zip(replayed + fresh, owned) if own]
-        probability_store.append_plan(
-            self.output_dir, rank, self.teacher.fingerprint, "rewrite", "generate",
-            [(max(len(prompts[i]) for i in b), tuple(keys[i] for i in b))
-             for b, own in zip(fresh, owned[len(replayed):]) if own],
-        )
         if not mine:
             return
         if self.model is None:
@@ -162,6 +157,13 @@ class _TeacherTexts:
         bar.start(missing, [len(p) + self.config.selection_teacher_max_new_tokens for p in prompts])
         try:
             with probability_store.StoreWriter(self.output_dir, rank=rank) as writer:
+                # Recorded once this process holds the store's lock: a second run on the same output_dir is refused
+                # above, before its plan could replace this one's.
+                probability_store.append_plan(
+                    self.output_dir, rank, self.teacher.fingerprint, "rewrite", "generate",
+                    [(max(len(prompts[i]) for i in b), tuple(keys[i] for i in b))
+                     for b, own in zip(fresh, owned[len(replayed):]) if own],
+                )
                 for batch in mine:
                     texts = generate(self.model, self.teacher.tokenizer, [prompts[i] for i in batch],
                                      self.config.selection_teacher_max_new_tokens)

@@ -390,11 +390,15 @@ def run_batches(
 
     missing = np.ones(len(widths), dtype=bool) if done is None else ~np.asarray(done, dtype=bool)
     earlier = plan_book.recorded(layout) if plan_book is not None else []
+    # Batches of an earlier plan that hold a missing sample run whole; only their missing samples are new. One
+    # that is over the budget now (lowered after running out of memory, or planned on a GPU) and holds nothing
+    # stored is planned again instead; one partly stored is replayed all the same, since only that batch gives its
+    # missing samples the values an uninterrupted run gave the rest.
+    replayed = [(members, width) for members, width in earlier if missing[members].any()
+                and (len(members) * rows_per_item * width <= max_batch_tokens or not missing[members].all())]
     covered = np.zeros(len(widths), dtype=bool)
-    for members, _ in earlier:
+    for members, _ in replayed:
         covered[members] = True
-    # Batches of an earlier plan that hold a missing sample run whole; only their missing samples are new.
-    replayed = [(members, width) for members, width in earlier if missing[members].any()]
     fresh = plan([i for i in range(len(widths)) if missing[i] and not covered[i]], max_batch_tokens)
     batches = replayed + fresh
     rank, world = shard
@@ -422,7 +426,9 @@ def run_batches(
                                len(batch), max_batch_tokens)
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()
-                pending = deque(plan([*batch, *(i for b, _ in pending for i in b)], max_batch_tokens))
+                # Only the samples not stored yet: a replayed batch's stored ones need no second run.
+                pending = deque(plan([i for i in [*batch, *(i for b, _ in pending for i in b)] if missing[i]],
+                                     max_batch_tokens))
                 if plan_book is not None:
                     plan_book.record(layout, list(pending))  # a resumed run replays these, not the batches that failed
                 continue

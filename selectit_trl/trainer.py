@@ -58,23 +58,44 @@ def _context_length(config) -> int | None:
     return getattr(config.get_text_config(), "max_position_embeddings", None)
 
 
+# What from_pretrained's keyword arguments say about where a configuration is found, for reading it alone.
+_CONFIG_LOCATION_KEYS = ("revision", "trust_remote_code", "token", "cache_dir", "subfolder", "local_files_only",
+                         "gguf_file")
+
+
+def _four_bit_compute(quantization) -> torch.dtype | None:
+    """The compute dtype of a 4-bit quantisation config (an object or its dict form), None when not 4-bit."""
+    if isinstance(quantization, dict):  # another method's dict (GPTQ, AWQ) has no load_in_4bit
+        if not quantization.get("load_in_4bit"):
+            return None
+        quantization = BitsAndBytesConfig.from_dict(quantization)
+    if not getattr(quantization, "load_in_4bit", False):
+        return None
+    return hardware.as_dtype(getattr(quantization, "bnb_4bit_compute_dtype", None)) or torch.float32
+
+
 def _load_dtype(model: str, init_kwargs: dict, quantization, args) -> torch.dtype | str | None:
     """The dtype the model being tuned loads in, with `auto` resolved for the hardware (`hardware.py`).
 
     In 4-bit, `auto` loads the layers left out of the quantisation in the compute dtype, as TRL's recipes do with
-    one `dtype` for both. Without a dtype, TRL's own default (float32) applies. A 16-bit dtype that this CPU only
-    emulates still loads, after one warning with the measured slowdown.
+    one `dtype` for both. A dtype given as None means `auto`, as it does in transformers; with no dtype at all,
+    TRL's own default (float32) applies. A 16-bit dtype that this CPU only emulates still loads, after one
+    warning with the measured slowdown.
     """
     device = hardware.device_type(args)
-    requested = hardware.as_dtype(init_kwargs.get("dtype"))
-    four_bit = bool(getattr(quantization, "load_in_4bit", False))
-    compute = getattr(quantization, "bnb_4bit_compute_dtype", None) if four_bit else None
+    key = "dtype" if "dtype" in init_kwargs or "torch_dtype" not in init_kwargs else "torch_dtype"  # the legacy name
+    if key not in init_kwargs:
+        requested = None
+    else:
+        requested = hardware.as_dtype(init_kwargs[key])
+        requested = "auto" if requested is None else requested
+    compute = _four_bit_compute(quantization)
     if requested == "auto":
-        if four_bit:
+        if compute is not None:
             requested = compute
         else:
-            config = AutoConfig.from_pretrained(model, revision=init_kwargs.get("revision"),
-                                                trust_remote_code=init_kwargs.get("trust_remote_code", False))
+            location = {k: init_kwargs[k] for k in _CONFIG_LOCATION_KEYS if k in init_kwargs}
+            config = AutoConfig.from_pretrained(model, **location)
             requested = hardware.resolve_dtype("auto", device, getattr(config, "dtype", None))
     hardware.warn_if_emulated(compute or requested, device, "The model being tuned")
     return requested
@@ -167,9 +188,10 @@ class SelectiveSFTTrainer(SFTTrainer):
             args.model_init_kwargs = {"use_safetensors": True, **(args.model_init_kwargs or {})}
             dtype = _load_dtype(model, args.model_init_kwargs, quantization, args)
             if dtype is not None:
+                args.model_init_kwargs.pop("torch_dtype", None)  # the legacy name, now resolved into "dtype"
                 args.model_init_kwargs["dtype"] = dtype
         else:
-            compute = getattr(getattr(model.config, "quantization_config", None), "bnb_4bit_compute_dtype", None)
+            compute = _four_bit_compute(getattr(model.config, "quantization_config", None))
             hardware.warn_if_emulated(compute or model.dtype, hardware.device_type(args), "The model being tuned")
         others = [*args.peer_specs(), *filter(None, [args.teacher_spec()])]
         for source in ([model] if isinstance(model, str) else []) + [peer.model for peer in others]:

@@ -9,6 +9,14 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+if os.environ.get("SELECTIT_TRL_FAULT_LOG"):
+    # CI shows the tail of a failed run, which for a native crash is the end of faulthandler's dump (the list of
+    # extension modules), not the test that crashed. .ci/run points the dump at a file and prints its head.
+    import faulthandler
+
+    _FAULT_LOG = open(os.environ["SELECTIT_TRL_FAULT_LOG"], "w")  # noqa: SIM115 - open for the whole session
+    faulthandler.enable(file=_FAULT_LOG, all_threads=True)
+
 import pytest
 import torch
 from datasets import Dataset

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from conftest import build_tiny_llama, cpu_config
+from conftest import cpu_config
 from transformers import AutoModelForCausalLM
 
 from selectit_trl import SelectiveSFTTrainer
@@ -25,14 +25,6 @@ def test_the_repeated_blocks_are_the_decoder_layers(tiny_llama):
         assert all(layer._compiled_call_impl is not None for layer in model.model.layers)
         assert model.lm_head._compiled_call_impl is None  # the layers only
     assert all(layer._compiled_call_impl is None for layer in model.model.layers)
-
-
-@pytest.fixture(scope="module")
-def tiny_llama(tmp_path_factory, tokenizer) -> str:
-    """Heads of 32 dimensions, not the shared tiny model's 16: with torch 2.13, Inductor's AVX2 code for that
-    model's 16-dimension heads gives NaN on some batch shapes (eager is fine, and so are 32 and up, which every
-    real model has; docs/performance.md). This test is about our compiled path, so it runs on every CPU."""
-    return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama-128"), tokenizer, hidden_size=128)
 
 
 def test_compiled_scoring_gives_the_eager_values_and_training_runs_uncompiled(tiny_llama, demo_dataset, tmp_path):

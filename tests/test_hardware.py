@@ -13,8 +13,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import build_tiny_llama, cpu_config
+from transformers import AutoModelForCausalLM
 
 from selectit_trl import hardware
+from selectit_trl.trainer import _load_dtype
 
 pytestmark = pytest.mark.slow
 
@@ -119,3 +122,27 @@ def test_the_emulation_warning_is_given_once(monkeypatch, caplog):
         assert hardware.warn_if_emulated(torch.float32, "cpu", "Peer q") is False
         assert hardware.warn_if_emulated(torch.bfloat16, "cuda", "Peer q") is False
     assert len(caplog.records) == 1 and "Peer p computes in bfloat16" in caplog.text
+
+
+@pytest.fixture(scope="module")
+def bf16_checkpoint(tmp_path_factory, tokenizer) -> str:
+    path = build_tiny_llama(tmp_path_factory.mktemp("tiny-bf16"), tokenizer)
+    AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16).save_pretrained(path)
+    return path
+
+
+@pytest.mark.parametrize("init", [{"dtype": "auto"}, {"dtype": None}, {"torch_dtype": "auto"}, {"torch_dtype": None}])
+def test_auto_in_any_spelling_loads_a_bf16_checkpoint_in_fp32_where_bf16_is_emulated(bf16_checkpoint, tmp_path, monkeypatch,
+                                                                                      init):
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    assert _load_dtype(bf16_checkpoint, dict(init), None, cpu_config(tmp_path)) == torch.float32
+    assert _load_dtype(bf16_checkpoint, {}, None, cpu_config(tmp_path)) is None  # no dtype at all: TRL's float32
+
+
+def test_a_4bit_config_given_as_a_dict_sets_the_compute_dtype_and_is_warned_about(tiny_llama, tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    monkeypatch.setattr(hardware, "_warned", set())
+    quantization = {"load_in_4bit": True, "bnb_4bit_compute_dtype": "bfloat16"}
+    with caplog.at_level(logging.WARNING, logger="selectit_trl.hardware"):
+        assert _load_dtype(tiny_llama, {"dtype": "auto"}, quantization, cpu_config(tmp_path)) == torch.bfloat16
+    assert "The model being tuned computes in bfloat16" in caplog.text

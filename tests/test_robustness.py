@@ -80,6 +80,24 @@ def test_a_sample_longer_than_the_context_is_truncated_and_marked(tokenizer, dem
     assert np.isfinite(result.scores).all()
 
 
+def test_samples_that_render_alike_are_scored_once_in_one_batch(tokenizer, demo_rows, tmp_path):
+    """Two long responses that differ only in the middle are cut to the same tokens: one store key, so one place in
+    one planned batch (two would make a resume replay one of them outside its batch)."""
+    from selectit_trl.probability_store import read_plans
+
+    model_path = build_tiny_llama(tmp_path / "short-context", tokenizer, max_positions=512)
+    data = rows(demo_rows, 6)
+    for i, word in ((2, "alpha"), (4, "beta")):  # one instruction, two responses that differ only in the middle
+        data[i].update(instruction=data[2]["instruction"], input=data[2]["input"],
+                       output="word " * 500 + word + " word" * 500)
+    result = make_trainer(model_path, Dataset.from_list(data), tmp_path / "out", selection_max_batch_tokens=1200).select()
+    assert result.scores[2] == result.scores[4]
+    assert len((tmp_path / "out" / "selection" / "store" / "rank0.jsonl").read_text().splitlines()) == 5
+    (plan,) = read_plans(tmp_path / "out").values()
+    planned = [key for _, keys in plan for key in keys]
+    assert len(planned) == len(set(planned)) == 5
+
+
 def test_nan_logits_stop_the_run_name_the_row_and_model_and_keep_the_store(tiny_llama, demo_dataset, tmp_path):
     dataset = demo_dataset(6)
     make_trainer(tiny_llama, dataset, tmp_path).select()
@@ -346,6 +364,38 @@ def test_a_missing_sample_runs_again_in_the_very_batch_width_and_row_its_plan_ga
     # Rows new to the data are no plan's: they are planned among themselves, not with the rows already scored.
     added, _, _ = run(26, np.arange(26) < 24)
     assert sorted(i for b in added for i in b) == [24, 25]
+
+
+def test_a_planned_batch_over_the_budget_now_is_planned_again_unless_part_of_it_is_stored(tiny_llama, tokenizer,
+                                                                                            demo_rows, tmp_path):
+    """A lower budget (after running out of memory, or on another device) holds for a resumed run too, except where
+    a batch is partly stored: its missing samples are exact only in that batch."""
+    from selectit_trl.measuring import _PlanBook, token_hashes
+    from selectit_trl.probability_store import read_plans
+    from selectit_trl.scoring import bucket_width, iter_score_batches, packed_width
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32, attn_implementation="sdpa").eval()
+    requests = build_requests([RatingSample(r["instruction"], r["output"]) for r in demo_rows[:12]], load_prompts(2, 5),
+                              tokenizer)
+    ids, keys = score_token_ids(tokenizer, 5), token_hashes(requests, score_token_ids(tokenizer, 5))
+    width = [bucket_width(packed_width(r)) for r in requests]
+
+    def run(budget, done, store):
+        book = _PlanBook(store, 0, "fingerprint", "ratings", keys, read_plans(store))
+        return [b for b, _ in iter_score_batches(model, requests, ids, tokenizer.pad_token_id, max_batch_tokens=budget,
+                                                 progress=False, done=done, plan_book=book)]
+
+    planned = run(2000, None, tmp_path / "a")  # recorded; say the run was killed before it stored anything
+    large = max(planned, key=len)
+    assert len(large) * max(width[i] for i in large) > 400
+    again = run(400, None, tmp_path / "a")
+    assert sorted(i for b in again for i in b) == list(range(12))
+    assert all(len(b) == 1 or len(b) * max(width[i] for i in b) <= 400 for b in again)
+
+    assert run(2000, None, tmp_path / "b") == planned
+    partly = np.ones(12, dtype=bool)
+    partly[large[1:]] = False  # the large batch's first sample was stored before the kill
+    assert run(400, partly, tmp_path / "b") == [large]
 
 
 def test_the_latest_plan_of_a_sample_wins_and_a_batch_that_lost_a_sample_is_not_replayed(tmp_path):
