@@ -47,8 +47,9 @@ def demo_dataset_path() -> str:
 
 
 def load_train_dataset(script_args, data_args: DataArguments | None = None) -> Dataset:
-    """The training rows a recipe names: `dataset_name` as a local .json/.jsonl file or a hub id, the bundled
-    demo dataset when it is left out, or translation directions when `dataset_directions` is set."""
+    """The training rows a recipe names: `dataset_name` as a local file (read by extension, `LOCAL_FILE_BUILDERS`)
+    or a hub id, the bundled demo dataset when it is left out, or translation directions when
+    `dataset_directions` is set."""
     name = script_args.dataset_name
     directions = data_args.dataset_directions if data_args else None
     if directions:
@@ -68,12 +69,46 @@ def load_train_dataset(script_args, data_args: DataArguments | None = None) -> D
     if _names_a_file(name):
         if not os.path.isfile(name):
             raise DatasetError(f"dataset_name {name!r} looks like a local file, but it does not exist.")
-        return load_dataset("json", data_files=name, split="train")
+        builder, options = local_file_builder(name)
+        return load_dataset(builder, data_files=name, split="train", **options)
     return load_dataset(name, name=script_args.dataset_config, split=script_args.dataset_train_split)
 
 
+# The `datasets` builder that reads a local file of each extension: the formats instruction data comes in.
+# `datasets` itself picks builders by extension only inside folders and hub repositories, not for one file.
+LOCAL_FILE_BUILDERS = {
+    ".json": ("json", {}), ".jsonl": ("json", {}), ".ndjson": ("json", {}),
+    ".csv": ("csv", {}), ".tsv": ("csv", {"sep": "\t"}),
+    ".parquet": ("parquet", {}), ".arrow": ("arrow", {}),
+    ".txt": ("text", {}),
+}
+# Compressed files are read by the extension beneath (data.jsonl.gz as JSON lines); `datasets` decompresses them.
+_COMPRESSION_EXTENSIONS = (".gz", ".bz2", ".xz", ".zst", ".lz4")
+
+
+def _file_extension(name: str) -> str:
+    suffixes = [s.lower() for s in Path(name).suffixes]
+    if suffixes and suffixes[-1] in _COMPRESSION_EXTENSIONS:
+        suffixes.pop()
+    return suffixes[-1] if suffixes else ""
+
+
+def local_file_builder(name: str) -> tuple[str, dict]:
+    """The builder and its options for a local data file, by extension. A file with no extension is read as JSON,
+    as before extensions were looked at; any other extension is refused, naming those that are read."""
+    extension = _file_extension(name)
+    if extension in LOCAL_FILE_BUILDERS:
+        return LOCAL_FILE_BUILDERS[extension]
+    if not extension:
+        return LOCAL_FILE_BUILDERS[".json"]
+    raise DatasetError(
+        f"dataset_name {name!r} is a local file of a type that is not read ({extension}). Local files are read by "
+        f"extension: {', '.join(LOCAL_FILE_BUILDERS)}, each possibly compressed ({', '.join(_COMPRESSION_EXTENSIONS)})."
+    )
+
+
 def _names_a_file(name: str) -> bool:
-    return name.endswith((".json", ".jsonl")) or os.path.isfile(name)
+    return _file_extension(name) in LOCAL_FILE_BUILDERS or os.path.isfile(name)
 
 
 def parse_direction(direction: str) -> tuple[str, str]:

@@ -102,6 +102,27 @@ def test_score_writes_the_selection_only(tiny_llama, data_file, tmp_path):
     assert not (tmp_path / "out" / "adapter_model.safetensors").exists()
 
 
+def test_a_csv_file_is_scored_like_the_same_rows_in_json_lines(tiny_llama, data_file, tmp_path):
+    """A local file is read by its extension (parquet, csv, ... in tests/test_loading.py); CSV is the one where an
+    empty `input` comes back as a missing value, and the scores must still be those of the JSON lines rows."""
+    import csv
+
+    rows = [json.loads(line) for line in data_file.read_text(encoding="utf-8").splitlines()]
+    csv_file = tmp_path / "data.csv"
+    with open(csv_file, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["instruction", "input", "output"], extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    scores = {}
+    for name, path in (("jsonl", data_file), ("csv", csv_file)):
+        (tmp_path / name).mkdir()
+        done = cli("score", "--config", write_recipe(tmp_path / name, tiny_llama, path))
+        assert done.returncode == 0, done.stderr[-3000:]
+        scores[name] = [json.loads(line)["score"] for line in
+                        (tmp_path / name / "out" / "selection" / "scores.jsonl").read_text().splitlines()]
+    assert len(scores["csv"]) == 16 and scores["csv"] == scores["jsonl"]
+
+
 def test_unknown_recipe_key_gets_a_one_line_hint(tiny_llama, data_file, tmp_path):
     done = cli("score", "--config", write_recipe(tmp_path, tiny_llama, data_file, selection_rato=0.3))
     assert done.returncode == 1
