@@ -17,6 +17,7 @@ from transformers import (
     BitsAndBytesConfig,
     PreTrainedModel,
     TrainerCallback,
+    TrainingArguments,
 )
 from transformers.integrations import is_deepspeed_zero3_enabled
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
@@ -129,11 +130,21 @@ class _LogSelection(TrainerCallback):
             self.trainer.log(selection_metrics(self.trainer.selection_result.summary))
 
 
+def _as_selective_config(args: TrainingArguments) -> SelectiveSFTConfig:
+    """A `TrainingArguments` or `SFTConfig` as a SelectiveSFTConfig with the selection defaults, as SFTTrainer
+    turns a `TrainingArguments` into an SFTConfig. The caller's object is read, never changed."""
+    values = args.to_dict()
+    values["hub_token"] = args.hub_token  # to_dict hides it
+    values.pop("push_to_hub_token", None)  # transformers < 5 lists it; the constructor no longer takes it
+    values = {k: v for k, v in values.items() if k in SelectiveSFTConfig.__dataclass_fields__}
+    return SelectiveSFTConfig(**copy.deepcopy(values))
+
+
 class SelectiveSFTTrainer(SFTTrainer):
     """
     Trainer for supervised fine-tuning on the SelectIT-selected part of a dataset.
 
-    It takes the same arguments as [`~trl.SFTTrainer`]. Before training, it rates every row of `train_dataset`
+    It takes [`~trl.SFTTrainer`]'s arguments, in the same order. Before training, it rates every row of `train_dataset`
     with the model being tuned (adapters disabled, so the base model rates) and with any
     `args.selection_peer_models`, keeps the best `args.selection_ratio` of the rows, and trains on those. The
     scores go to `args.output_dir/selection/`.
@@ -146,25 +157,40 @@ class SelectiveSFTTrainer(SFTTrainer):
             The model to tune, as an id, a local path or an instance. Defaults to the embedded
             SmolLM2-135M-Instruct (see [`embedded_model_path`]).
         args ([`SelectiveSFTConfig`], *optional*):
-            Training and selection configuration.
+            Training and selection configuration. A `TrainingArguments` or `SFTConfig` is turned into a
+            SelectiveSFTConfig with the selection defaults, as SFTTrainer turns a `TrainingArguments` into an
+            SFTConfig; the object passed in is never changed.
         train_dataset ([`~datasets.Dataset`]):
             Rows in one of the formats of `selectit_trl.formats` (alpaca, instruction/output, messages,
             prompt/completion, ShareGPT, translation pairs).
         processing_class (`PreTrainedTokenizerBase`, *optional*):
             The tokenizer; loaded from the model when not given.
-        **kwargs:
-            Everything else [`~trl.SFTTrainer`] accepts (`peft_config`, `quantization_config`, `eval_dataset`, ...).
+        data_collator, eval_dataset, compute_loss_func, compute_metrics, callbacks, optimizers,
+        optimizer_cls_and_kwargs, preprocess_logits_for_metrics, quantization_config, peft_config, formatting_func:
+            As for [`~trl.SFTTrainer`], which receives them unchanged.
     """
 
     _tag_names = ["trl", "sft", "selectit"]
 
+    # SFTTrainer's own parameters, in its order, so that a call written for SFTTrainer (positional arguments
+    # included) means the same here; tests/test_trainer.py checks the two signatures against each other.
     def __init__(
         self,
         model: str | PreTrainedModel | None = None,
-        args: SelectiveSFTConfig | None = None,
+        args: SelectiveSFTConfig | TrainingArguments | None = None,
+        data_collator=None,
         train_dataset: Dataset | None = None,
+        eval_dataset=None,
         processing_class=None,
-        **kwargs,
+        compute_loss_func=None,
+        compute_metrics=None,
+        callbacks=None,
+        optimizers=(None, None),
+        optimizer_cls_and_kwargs=None,
+        preprocess_logits_for_metrics=None,
+        quantization_config=None,
+        peft_config=None,
+        formatting_func=None,
     ):
         cap_onednn_cache()  # before anything runs a bf16 matmul on the CPU; see scoring.ONEDNN_CACHE_CAPACITY
         embedded = model is None
@@ -175,15 +201,19 @@ class SelectiveSFTTrainer(SFTTrainer):
         self.selection_model_id = EMBEDDED_MODEL_ID if embedded else (self._model_source or type(model).__name__)
         if args is None:
             args = SelectiveSFTConfig(output_dir=f"{self.selection_model_id.split('/')[-1]}-SelectIT")
-        if not isinstance(args, SelectiveSFTConfig):
-            raise TypeError("SelectiveSFTTrainer needs a SelectiveSFTConfig, which carries the selection_* settings.")
+        elif not isinstance(args, SelectiveSFTConfig):
+            args = _as_selective_config(args)
+        else:
+            # The load settings below are this trainer's; the caller's config, and its model_init_kwargs, stay as
+            # they were.
+            args = copy.copy(args)
+            args.model_init_kwargs = copy.copy(args.model_init_kwargs)
         if train_dataset is None:
-            raise DatasetError("SelectiveSFTTrainer needs a train_dataset to select from.")
-        args = copy.copy(args)  # the load settings below are this trainer's; the caller's config stays as it was
+            raise DatasetError("`train_dataset` is required: SelectiveSFTTrainer selects from its rows.")
         # Weights load from safetensors only, unless the user opts in to pickle files (checked here for local paths,
         # before anything loads; transformers refuses pickle-only hub repositories itself).
         allow_pickle = (args.model_init_kwargs or {}).get("use_safetensors") is False
-        quantization = kwargs.get("quantization_config") or (args.model_init_kwargs or {}).get("quantization_config")
+        quantization = quantization_config or (args.model_init_kwargs or {}).get("quantization_config")
         if isinstance(model, str):
             args.model_init_kwargs = {"use_safetensors": True, **(args.model_init_kwargs or {})}
             dtype = _load_dtype(model, args.model_init_kwargs, quantization, args)
@@ -209,7 +239,13 @@ class SelectiveSFTTrainer(SFTTrainer):
         self.selection_result: SelectionResult | None = None
         self._store_set_aside = False  # selection_overwrite applies to this trainer's first selection only
 
-        super().__init__(model=model, args=args, train_dataset=self._selection_pool, processing_class=processing_class, **kwargs)
+        super().__init__(
+            model=model, args=args, data_collator=data_collator, train_dataset=self._selection_pool,
+            eval_dataset=eval_dataset, processing_class=processing_class, compute_loss_func=compute_loss_func,
+            compute_metrics=compute_metrics, callbacks=callbacks, optimizers=optimizers,
+            optimizer_cls_and_kwargs=optimizer_cls_and_kwargs, preprocess_logits_for_metrics=preprocess_logits_for_metrics,
+            quantization_config=quantization_config, peft_config=peft_config, formatting_func=formatting_func,
+        )
         self.add_callback(_RecordSelectionInCheckpoints(self))
         self.add_callback(_LogSelection(self))
 

@@ -231,3 +231,52 @@ def test_conversational_and_prompt_completion_rows(tiny_llama, demo_rows, tmp_pa
         assert trainer.rating_samples[3].instruction == rows[3]["instruction"]
         assert trainer.rating_samples[3].response == rows[3]["output"]
         assert len(trainer.train_dataset) == 5 and trainer.state.global_step == 2
+
+
+def test_the_signature_is_sfttrainers_in_its_order():
+    """A call written for SFTTrainer, positional arguments included, means the same here."""
+    import inspect
+
+    from trl import SFTTrainer
+
+    ours = inspect.signature(SelectiveSFTTrainer.__init__).parameters
+    theirs = inspect.signature(SFTTrainer.__init__).parameters
+    assert list(ours) == list(theirs)
+    for name, parameter in theirs.items():
+        if parameter.default is not inspect.Parameter.empty:
+            assert ours[name].default == parameter.default, name
+    assert ours["model"].default is None  # ours alone may leave the model out: the embedded one
+
+
+def test_plain_training_arguments_are_taken_positionally_with_selection_defaults(tiny_llama, demo_dataset, tmp_path):
+    from transformers import TrainingArguments
+
+    from selectit_trl import SelectiveSFTConfig
+
+    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, max_steps=2, per_device_train_batch_size=2,
+                             report_to="none", save_strategy="no", disable_tqdm=True, learning_rate=1e-2)
+    before = args.to_dict()
+    # Made before the trainer: a config sets up the process's accelerator state anew when it is created.
+    defaults = SelectiveSFTConfig(output_dir=str(tmp_path))
+    # SFTTrainer's order: model, args, data_collator, train_dataset, eval_dataset, processing_class, ...
+    trainer = SelectiveSFTTrainer(tiny_llama, args, None, demo_dataset(10))
+    assert isinstance(trainer.args, SelectiveSFTConfig)
+    assert trainer.args.max_steps == 2 and trainer.args.learning_rate == 1e-2
+    assert trainer.args.selection_ratio == defaults.selection_ratio
+    assert trainer.args.selection_strategy == defaults.selection_strategy
+    trainer.train()
+    assert trainer.state.global_step == 2
+    assert len(trainer.train_dataset) == math.floor(10 * defaults.selection_ratio)
+    assert args.to_dict() == before and type(args) is TrainingArguments  # the caller's object is as it was
+
+
+def test_the_callers_config_is_never_changed(tiny_llama, demo_dataset, tmp_path):
+    config = cpu_config(tmp_path, model_init_kwargs={"dtype": "auto"})
+    before = config.to_dict()
+    SelectiveSFTTrainer(model=tiny_llama, args=config, train_dataset=demo_dataset(10))
+    assert config.to_dict() == before and config.model_init_kwargs == {"dtype": "auto"}
+
+
+def test_a_missing_train_dataset_is_refused_as_sfttrainer_refuses_it(tiny_llama, tmp_path):
+    with pytest.raises(ValueError, match="^`train_dataset` is required"):
+        SelectiveSFTTrainer(tiny_llama, cpu_config(tmp_path))
