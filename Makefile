@@ -14,7 +14,7 @@ PYTEST_ARGS ?= -q
 # of torch is the CUDA build.
 TORCH_INDEX_URL ?=
 
-.PHONY: install demo test bench compare clean
+.PHONY: install demo test bench compare trl-suite clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -56,5 +56,14 @@ bench: $(VENV)/.installed
 compare: $(VENV)/.installed-test
 	$(RUN_ENV) $(PY) benchmarks/compare_strategies.py
 
+# TRL's own SFTTrainer tests run against SelectiveSFTTrainer at selection_ratio=1.0 (../shared/trl-sft-suite,
+# its README): the drop-in check. Not part of `make test`: about 15 minutes on 2 cores. MODE=baseline runs stock
+# SFTTrainer on the same tests; TESTS= picks test ids. Results go to .trl-sft-suite/results/.
+TRL_SUITE ?= ../shared/trl-sft-suite
+MODE ?= subst
+trl-suite: $(VENV)/.installed-test
+	cd $(TRL_SUITE) && export PY=$(abspath $(PY)) TRLSUITE_WORK=$(abspath .trl-sft-suite) && \
+		$$PY build_fixtures.py && ./run.sh $(MODE) $(or $(TESTS),$$(cat selected_tests.txt))
+
 clean:
-	rm -rf $(VENV) outputs .pytest_cache
+	rm -rf $(VENV) outputs .pytest_cache .trl-sft-suite
