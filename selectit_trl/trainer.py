@@ -130,6 +130,24 @@ class _LogSelection(TrainerCallback):
             self.trainer.log(selection_metrics(self.trainer.selection_result.summary))
 
 
+def _eval_in_training_shape(eval_dataset, conversational: bool, fmt: str | None):
+    """The eval set in the shape the training rows take (`formats.training_dataset`), so that eval loss is
+    computed as the training loss is. Each set of a dict is converted alone. A set whose columns fit none of the
+    rating formats (TRL's own text or tokenized rows), an iterable one, or an empty one goes to SFTTrainer as it
+    is; TRL prepares it."""
+    if isinstance(eval_dataset, dict):  # a DatasetDict too
+        return type(eval_dataset)({name: _eval_in_training_shape(part, conversational, fmt)
+                                   for name, part in eval_dataset.items()})
+    if not isinstance(eval_dataset, Dataset) or len(eval_dataset) == 0:
+        return eval_dataset
+    if fmt is None:
+        try:
+            fmt = formats.detect_format(eval_dataset.column_names)
+        except DatasetError:
+            return eval_dataset
+    return formats.training_dataset(eval_dataset, conversational, fmt)
+
+
 def _as_selective_config(args: TrainingArguments) -> SelectiveSFTConfig:
     """A `TrainingArguments` or `SFTConfig` as a SelectiveSFTConfig with the selection defaults, as SFTTrainer
     turns a `TrainingArguments` into an SFTConfig. The caller's object is read, never changed."""
@@ -165,7 +183,10 @@ class SelectiveSFTTrainer(SFTTrainer):
             prompt/completion, ShareGPT, translation pairs).
         processing_class (`PreTrainedTokenizerBase`, *optional*):
             The tokenizer; loaded from the model when not given.
-        data_collator, eval_dataset, compute_loss_func, compute_metrics, callbacks, optimizers,
+        eval_dataset (*optional*):
+            Put in the shape the training rows take when its columns are in one of the rating formats, so that
+            eval loss is computed as the training loss is; otherwise passed on as it is. Never rated.
+        data_collator, compute_loss_func, compute_metrics, callbacks, optimizers,
         optimizer_cls_and_kwargs, preprocess_logits_for_metrics, quantization_config, peft_config, formatting_func:
             As for [`~trl.SFTTrainer`], which receives them unchanged.
     """
@@ -236,6 +257,7 @@ class SelectiveSFTTrainer(SFTTrainer):
         self._check_selection_inputs(args, processing_class)
         conversational = bool(getattr(processing_class, "chat_template", None))
         self._selection_pool = formats.training_dataset(train_dataset, conversational, fmt)
+        eval_dataset = _eval_in_training_shape(eval_dataset, conversational, args.selection_dataset_format)
         self.selection_result: SelectionResult | None = None
         self._store_set_aside = False  # selection_overwrite applies to this trainer's first selection only
 

@@ -280,3 +280,23 @@ def test_the_callers_config_is_never_changed(tiny_llama, demo_dataset, tmp_path)
 def test_a_missing_train_dataset_is_refused_as_sfttrainer_refuses_it(tiny_llama, tmp_path):
     with pytest.raises(ValueError, match="^`train_dataset` is required"):
         SelectiveSFTTrainer(tiny_llama, cpu_config(tmp_path))
+
+
+def test_an_alpaca_eval_set_is_prepared_as_the_train_set_and_evaluated(tiny_llama, demo_dataset, tmp_path):
+    """Alpaca eval rows next to Alpaca train rows: once a KeyError 'text' in TRL, now evaluated each step, a dict
+    of eval sets too."""
+    from datasets import DatasetDict
+
+    train, held_out = demo_dataset(20), demo_dataset(26).select(range(20, 26))
+    args = cpu_config(tmp_path, eval_strategy="steps", eval_steps=1, logging_strategy="steps", logging_steps=1,
+                      per_device_eval_batch_size=2, selection_ratio=0.5)
+    trainer = SelectiveSFTTrainer(
+        model=tiny_llama, args=args, train_dataset=train, peft_config=LoraConfig(**LORA),
+        eval_dataset=DatasetDict({"held_out": held_out, "seen": train.select(range(4))}),
+    )
+    trainer.train()
+    logged = [set(entry) for entry in trainer.state.log_history]
+    assert sum("eval_held_out_loss" in keys for keys in logged) == 2
+    assert sum("eval_seen_loss" in keys for keys in logged) == 2
+    # the rows TRL evaluated are the eval rows in the training shape, one for one
+    assert len(trainer.eval_dataset["held_out"]) == 6 and "input_ids" in trainer.eval_dataset["held_out"].column_names
