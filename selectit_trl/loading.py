@@ -74,6 +74,23 @@ def load_train_dataset(script_args, data_args: DataArguments | None = None) -> D
     return load_dataset(name, name=script_args.dataset_config, split=script_args.dataset_train_split)
 
 
+def load_eval_dataset(script_args, data_args: DataArguments | None = None) -> Dataset:
+    """The eval rows of a recipe whose `eval_strategy` is not `no`, as `trl sft` takes them: the split
+    `dataset_test_split` of the same hub dataset, or of each translation direction. A local file holds one
+    split only, so it is refused with what to do instead."""
+    name, split = script_args.dataset_name, script_args.dataset_test_split
+    if name is None or _names_a_file(name):
+        raise DatasetError(
+            f"eval_strategy asks for an eval set, but dataset_name is {'left out' if name is None else 'a local file'}, "
+            f"which has no {split!r} split (dataset_test_split). Use a hub dataset with that split, or set "
+            "eval_strategy: no; from Python, pass eval_dataset to SelectiveSFTTrainer."
+        )
+    directions = data_args.dataset_directions if data_args else None
+    if directions:
+        return load_translation_directions(name, directions, split=split)
+    return load_dataset(name, name=script_args.dataset_config, split=split)
+
+
 # The `datasets` builder that reads a local file of each extension: the formats instruction data comes in.
 # `datasets` itself picks builders by extension only inside folders and hub repositories, not for one file.
 LOCAL_FILE_BUILDERS = {

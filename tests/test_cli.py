@@ -123,6 +123,32 @@ def test_a_csv_file_is_scored_like_the_same_rows_in_json_lines(tiny_llama, data_
     assert len(scores["csv"]) == 16 and scores["csv"] == scores["jsonl"]
 
 
+def test_a_recipe_that_evaluates_takes_the_test_split_as_its_eval_set(tiny_llama, demo_rows, tmp_path):
+    """As `trl sft`: with eval_strategy set, dataset_test_split of the same dataset (here a folder whose files
+    name the splits) is the eval set, prepared as the training rows and evaluated."""
+    from selectit_trl.cli import build_trainer, parse_args
+
+    folder = tmp_path / "data"
+    folder.mkdir()
+    for split, part in (("train", demo_rows[:16]), ("test", demo_rows[16:21])):
+        (folder / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in part), encoding="utf-8")
+    recipe = write_recipe(tmp_path, tiny_llama, folder, eval_strategy="steps", eval_steps=1, logging_strategy="steps",
+                          logging_steps=1, selection_probe=False)
+    trainer = build_trainer(*parse_args(["--config", str(recipe)]))
+    assert len(trainer.eval_dataset) == 5 and len(trainer.rating_samples) == 16
+    trainer.train()
+    assert sum("eval_loss" in entry for entry in trainer.state.log_history) == 2
+
+
+def test_a_local_file_cannot_give_an_eval_split_and_streaming_is_refused(tiny_llama, data_file, tmp_path):
+    evaluating = cli("score", "--config", write_recipe(tmp_path, tiny_llama, data_file, eval_strategy="steps"))
+    assert evaluating.returncode == 1 and "Traceback" not in evaluating.stderr
+    assert "dataset_name is a local file, which has no 'test' split" in evaluating.stderr
+    streaming = cli("score", "--config", write_recipe(tmp_path, tiny_llama, data_file, dataset_streaming=True))
+    assert streaming.returncode == 1 and "Traceback" not in streaming.stderr
+    assert "dataset_streaming: true is not supported yet" in streaming.stderr
+
+
 def test_unknown_recipe_key_gets_a_one_line_hint(tiny_llama, data_file, tmp_path):
     done = cli("score", "--config", write_recipe(tmp_path, tiny_llama, data_file, selection_rato=0.3))
     assert done.returncode == 1
