@@ -12,7 +12,7 @@ import difflib
 import gc
 import sys
 
-from .errors import SelectionConfigError, SelectITError
+from .errors import DatasetError, SelectionConfigError, SelectITError
 
 USAGE = """usage: selectit-trl {score,train,probe,report} ...
 
@@ -56,7 +56,6 @@ def build_trainer(script_args, training_args, model_args, data_args=None):
     from trl import get_peft_config, get_quantization_config
 
     from . import hardware
-    from .errors import DatasetError
     from .loading import load_eval_dataset, load_train_dataset
     from .trainer import SelectiveSFTTrainer
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 
-import torch
 from trl import SFTConfig
 
+from . import hardware
 from .diversity import DIVERSITY_MODES
 from .errors import SelectionConfigError
 from .formats import FORMATS
@@ -196,8 +196,7 @@ class SelectiveSFTConfig(SFTConfig):
     def __post_init__(self):
         if self.bf16 is None and not self.fp16:
             # SFTConfig turns bf16 on by default, which fails on a machine without a bf16-capable GPU.
-            self.bf16 = bool(not self.use_cpu and torch.cuda.is_available()
-                             and torch.cuda.is_bf16_supported(including_emulation=False))
+            self.bf16 = not self.use_cpu and hardware.native_cuda_bf16()
         super().__post_init__()
         self._validate_selection()
 

@@ -80,11 +80,16 @@ def device_type(args) -> str:
     return args.device.type
 
 
+def native_cuda_bf16() -> bool:
+    """Whether a CUDA GPU is present and computes bf16 natively (Ampere and later)."""
+    # Without including_emulation=False, torch reports bf16 on T4 and V100 too, where it is emulated.
+    return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
+
+
 def auto_compute_dtype(device_type: str) -> torch.dtype:
     """The compute dtype `auto` means: bf16 where the device runs it natively, else fp16 on a GPU, else fp32."""
     if device_type == "cuda":
-        # Without including_emulation=False, torch reports bf16 on T4 and V100 too, where it is emulated.
-        return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
+        return torch.bfloat16 if native_cuda_bf16() else torch.float16
     if device_type == "cpu":
         return torch.bfloat16 if native_cpu_bf16() else torch.float32
     return torch.bfloat16  # xpu, mps and others: bf16 is their usual low-precision type

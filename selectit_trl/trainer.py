@@ -84,12 +84,10 @@ def _load_dtype(model: str, init_kwargs: dict, quantization, args) -> torch.dtyp
     warning with the measured slowdown.
     """
     device = hardware.device_type(args)
-    key = "dtype" if "dtype" in init_kwargs or "torch_dtype" not in init_kwargs else "torch_dtype"  # the legacy name
-    if key not in init_kwargs:
-        requested = None
+    if "dtype" in init_kwargs or "torch_dtype" in init_kwargs:  # torch_dtype: the legacy name
+        requested = hardware.as_dtype(init_kwargs.get("dtype", init_kwargs.get("torch_dtype"))) or "auto"
     else:
-        requested = hardware.as_dtype(init_kwargs[key])
-        requested = "auto" if requested is None else requested
+        requested = None
     compute = _four_bit_compute(quantization)
     if requested == "auto":
         if compute is not None:
