@@ -56,15 +56,8 @@ def build_trainer(script_args, training_args, model_args, data_args=None):
     from trl import get_peft_config, get_quantization_config
 
     from . import hardware
-    from .loading import load_eval_dataset, load_train_dataset
+    from .loading import load_datasets
     from .trainer import SelectiveSFTTrainer
-
-    if getattr(script_args, "dataset_streaming", False):
-        # Refused rather than ignored: the rows would be read whole anyway.
-        raise DatasetError(
-            "dataset_streaming: true is not supported yet: selection scores every row before it keeps any, and "
-            "reads the dataset whole. Set dataset_streaming: false."
-        )
 
     if model_args.load_in_4bit and model_args.dtype in ("auto", None):
         # TRL gives the 4-bit compute dtype the value of `dtype`, and "auto" is no compute dtype: pick it for the
@@ -84,12 +77,14 @@ def build_trainer(script_args, training_args, model_args, data_args=None):
     if model_args.model_name_or_path is None:
         # The embedded model is a local snapshot: there is no revision to ask for.
         training_args.model_init_kwargs.pop("revision")
+    # As `trl sft` does: an eval set only when something evaluates, from the recipe's test split.
+    train, held_out = load_datasets(script_args, data_args, with_eval=training_args.eval_strategy != "no",
+                                    seed=training_args.seed)
     return SelectiveSFTTrainer(
         model=model_args.model_name_or_path,
         args=training_args,
-        train_dataset=load_train_dataset(script_args, data_args),
-        # As `trl sft` does: an eval set only when something evaluates, from the recipe's test split.
-        eval_dataset=load_eval_dataset(script_args, data_args) if training_args.eval_strategy != "no" else None,
+        train_dataset=train,
+        eval_dataset=held_out,
         quantization_config=quantization,
         peft_config=get_peft_config(model_args),
     )

@@ -95,7 +95,7 @@ def embeddings_for(samples, config, output_dir, write: bool, barrier: Callable[[
     wait at `barrier` and read its file.
     """
     model = embedding_model(config)
-    texts = [s.instruction for s in samples]
+    texts = [s.response if s.is_text else s.instruction for s in samples]  # a whole text stands for itself
     identity = model
     default = _default_model_path()
     if default is not None and Path(model) == default:

@@ -1,6 +1,12 @@
 """Dataset rows in, two views out: what the model rates, and what the trainer trains on.
 
-Supported shapes, detected from the columns (or named by `selection_dataset_format`):
+Selection chooses rows; it never changes them. A shape TRL trains on by itself goes to `SFTTrainer` as the user
+gave it, restricted to the kept rows; only the four shapes TRL cannot train on (alpaca, instruction/output,
+ShareGPT, translation) are converted, column by column, leaving every other column as it was
+(`training_dataset`). The rating side reads its own view of each row (`rating_sample`): an (instruction,
+response) pair, or a whole text where the row has no instruction.
+
+Shapes, detected from the columns (or named by `selection_dataset_format`):
 
 * `alpaca`: `instruction`, `input`, `output`;
 * `instruction_output`: `instruction`, `output` and no `input`, as in WizardLM's evol-instruct data;
@@ -9,17 +15,25 @@ Supported shapes, detected from the columns (or named by `selection_dataset_form
 * `sharegpt`: `conversations`, a list of `{"from", "value"}` turns (`human`, `gpt`, `system`);
 * `translation`: `{"translation": {"de": ..., "en": ...}}`, as in ALMA's parallel data. A `direction` column
   (`"de-en"`) names source and target; without one, the dataset must hold exactly two languages, and the
-  first, in the order of the file's keys, is the source.
+  first, in the order of the file's keys, is the source;
+* `tokenized`: TRL's pre-tokenized rows, `input_ids` with an optional `completion_mask`, `assistant_masks` or
+  `labels`;
+* `text`: TRL's language-modelling rows, one text in `dataset_text_field` (`text` by default).
+
+A `formatting_func` is a shape of its own (`FORMATTED`): its output, one text per row, is what is rated.
 
 For rating, a multi-turn row's instruction is everything before its last assistant turn, and the response is
-that last assistant turn. A translation row is rated as ALMA prompts it, with the target as the response.
+that last assistant turn; a tool call is rated as its JSON. A translation row is rated as ALMA prompts it, with
+the target as the response. Pre-tokenized rows are decoded and split where the completion or assistant mask
+starts; without a mask, like text rows and a formatting function's output, they are rated as one whole text.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Callable, Iterable, Sequence
 
-from datasets import Dataset, Translation, TranslationVariableLanguages
+from datasets import Dataset, IterableDataset, Translation, TranslationVariableLanguages
 
 from .errors import DatasetError, RowFormatError
 from .prompts import RatingSample
@@ -33,8 +47,20 @@ _REQUIRED_COLUMNS = {
     "prompt_completion": {"prompt", "completion"},
     "sharegpt": {"conversations"},
     "translation": {"translation"},
+    "tokenized": {"input_ids"},
+    "text": {"text"},  # or whatever column dataset_text_field names
 }
 FORMATS = tuple(_REQUIRED_COLUMNS)
+# Not a column format: rows that a formatting_func turns into text, rated as that text.
+FORMATTED = "formatting_func"
+# The shapes SFTTrainer trains on by itself: their rows go to it unchanged. The others are converted.
+TRAINED_AS_GIVEN = ("messages", "prompt_completion", "tokenized", "text", FORMATTED)
+# TRL prepares a dataset with input_ids as already tokenized, whatever else it holds, so detection looks at that
+# column first; the rating formats come next, and a plain text column last.
+_DETECTION_ORDER = ("tokenized", "alpaca", "instruction_output", "messages", "prompt_completion", "sharegpt",
+                    "translation", "text")
+# The columns a pre-tokenized row may mark its trained tokens with, in the order they are looked for.
+_MASK_COLUMNS = ("completion_mask", "assistant_masks", "labels")
 
 # How each format is described in the error when nothing matches.
 _SIGNATURES = {
@@ -44,6 +70,8 @@ _SIGNATURES = {
     "prompt_completion": "prompt, completion",
     "sharegpt": "conversations (ShareGPT: from/value turns)",
     "translation": "translation ({lang: text}, optional direction)",
+    "tokenized": "input_ids (pre-tokenized, optional completion_mask / assistant_masks / labels)",
+    "text": "text, or the column dataset_text_field names",
 }
 
 # ISO 639-1 codes of the languages ALMA and WMT cover, named as ALMA's prompt names them.
@@ -76,24 +104,28 @@ _SHAREGPT_ROLES = {
 }
 
 
-def detect_format(column_names: Sequence[str]) -> str:
+def _required_columns(fmt: str, text_field: str) -> set[str]:
+    return {text_field} if fmt == "text" else _REQUIRED_COLUMNS[fmt]
+
+
+def detect_format(column_names: Sequence[str], text_field: str = "text") -> str:
     """Name the row format from the dataset's columns, or explain which columns were expected."""
     columns = set(column_names)
-    for fmt, needed in _REQUIRED_COLUMNS.items():
-        if needed <= columns:
+    for fmt in _DETECTION_ORDER:
+        if _required_columns(fmt, text_field) <= columns:
             return "instruction_output" if fmt == "alpaca" and "input" not in columns else fmt
     accepted = "; ".join(f"{fmt} ({columns_needed})" for fmt, columns_needed in _SIGNATURES.items())
     raise DatasetError(
         f"Cannot tell the dataset format from its columns {sorted(columns)}. Accepted formats: {accepted}. "
-        "Rename the columns, or set selection_dataset_format."
+        "Rename the columns, set selection_dataset_format (or dataset_text_field), or pass a formatting_func."
     )
 
 
-def check_columns(column_names: Sequence[str], fmt: str) -> None:
+def check_columns(column_names: Sequence[str], fmt: str, text_field: str = "text") -> None:
     """A format named by the user must find its columns."""
     if fmt not in FORMATS:
         raise DatasetError(f"Unknown dataset format {fmt!r}: use one of {', '.join(FORMATS)}.")
-    missing = _REQUIRED_COLUMNS[fmt] - set(column_names)
+    missing = _required_columns(fmt, text_field) - set(column_names)
     if missing:
         raise DatasetError(
             f"selection_dataset_format={fmt!r} needs the column(s) {sorted(missing)}, which the dataset lacks; "
@@ -109,11 +141,30 @@ def _require_text(value, field: str, index: int) -> str:
     return value
 
 
+def _turn_text(turn: dict, field: str, index: int) -> str:
+    """A turn's text: its content, then each tool call it makes as one line of JSON."""
+    calls = turn.get("tool_calls")
+    if not calls:
+        return _require_text(turn.get("content"), field, index)
+    # Arrow fills keys a call lacks with None; they are left out so that the rated text is what was written.
+    lines = [json.dumps(_without_nones(call), ensure_ascii=False) for call in calls]
+    content = turn.get("content")
+    return "\n".join([_require_text(content, field, index), *lines] if content else lines)
+
+
+def _without_nones(value):
+    if isinstance(value, dict):
+        return {k: _without_nones(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_without_nones(v) for v in value]
+    return value
+
+
 def _turns_to_text(turns: list[dict], index: int) -> str:
     """A conversation history as plain text; a lone turn is just its content."""
-    if not isinstance(turns, list) or not all(isinstance(t, dict) and "content" in t for t in turns):
+    if not isinstance(turns, list) or not all(isinstance(t, dict) and ("content" in t or "tool_calls" in t) for t in turns):
         raise RowFormatError(f"Row {index}: expected a list of {{'role', 'content'}} turns.")
-    contents = [_require_text(t["content"], f"turn {i} content", index) for i, t in enumerate(turns)]
+    contents = [_turn_text(t, f"turn {i} content", index) for i, t in enumerate(turns)]
     if len(turns) == 1:
         return contents[0]
     return "\n\n".join(f"{t.get('role', 'user').capitalize()}: {c}" for t, c in zip(turns, contents))
@@ -126,12 +177,6 @@ def _split_conversation(messages: list[dict], index: int) -> tuple[list[dict], d
     if last is None or not any(isinstance(m, dict) and m.get("role") == "user" for m in messages[:last]):
         raise RowFormatError(f"Row {index}: the conversation needs a user turn followed by an assistant turn.")
     return messages[:last], messages[last]
-
-
-def _rated_conversation(messages: list[dict], index: int) -> list[dict]:
-    """The conversation up to its last assistant turn: what is rated is what is trained on, no trailing turns."""
-    history, answer = _split_conversation(messages, index)
-    return [*history, answer]
 
 
 def sharegpt_messages(conversations, index: int) -> list[dict]:
@@ -183,8 +228,13 @@ def translation_prompt(source_lang: str, target_lang: str, source: str) -> str:
     return f"Translate this from {source_name} to {target_name}:\n{source_name}: {source}\n{target_name}:"
 
 
-def rating_sample(row: dict, fmt: str, index: int) -> RatingSample:
-    """One row as the (instruction, response) pair that is rated."""
+def rating_sample(row: dict, fmt: str, index: int, text_field: str = "text", tokenizer=None) -> RatingSample:
+    """One row as the (instruction, response) pair that is rated, or as a whole text (instruction None).
+
+    Args:
+        text_field: the column of a `text` row (TRL's `dataset_text_field`).
+        tokenizer: decodes a `tokenized` row.
+    """
     if fmt in ("alpaca", "instruction_output"):
         instruction = _require_text(row.get("instruction"), "instruction", index)
         extra = row.get("input")
@@ -195,7 +245,7 @@ def rating_sample(row: dict, fmt: str, index: int) -> RatingSample:
     if fmt in ("messages", "sharegpt"):
         messages = row["messages"] if fmt == "messages" else sharegpt_messages(row["conversations"], index)
         history, answer = _split_conversation(messages, index)
-        return RatingSample(_turns_to_text(history, index), _require_text(answer.get("content"), "response", index))
+        return RatingSample(_turns_to_text(history, index), _turn_text(answer, "response", index))
     if fmt == "prompt_completion":
         prompt, completion = row["prompt"], row["completion"]
         instruction = prompt if isinstance(prompt, str) or prompt is None else _turns_to_text(prompt, index)
@@ -207,12 +257,34 @@ def rating_sample(row: dict, fmt: str, index: int) -> RatingSample:
         source = _require_text(pair[source_lang], f"translation[{source_lang!r}]", index)
         target = _require_text(pair[target_lang], f"translation[{target_lang!r}]", index)
         return RatingSample(translation_prompt(source_lang, target_lang, source), target)
+    if fmt == "text":
+        return RatingSample(None, _require_text(row.get(text_field), text_field, index))
+    if fmt == "tokenized":
+        return _decoded_sample(row, index, tokenizer)
     raise ValueError(f"Unknown dataset format {fmt!r}: use one of {', '.join(FORMATS)}.")
+
+
+def _decoded_sample(row: dict, index: int, tokenizer) -> RatingSample:
+    """A pre-tokenized row decoded: split where its first trained token is, when a mask says which tokens are
+    trained (the response being the trained tokens), else one whole text."""
+    ids = row["input_ids"]
+    if not isinstance(ids, list) or not all(isinstance(t, int) for t in ids):
+        raise RowFormatError(f"Row {index}: input_ids must be a list of token ids.")
+    column = next((c for c in _MASK_COLUMNS if row.get(c) is not None), None)
+    if column is None:
+        return RatingSample(None, tokenizer.decode(ids, skip_special_tokens=True))
+    trained = [label != -100 for label in row[column]] if column == "labels" else [bool(bit) for bit in row[column]]
+    if len(trained) != len(ids):
+        raise RowFormatError(f"Row {index}: {column} has {len(trained)} entries for {len(ids)} input_ids.")
+    start = trained.index(True) if any(trained) else len(ids)
+    response = [t for t, keep in zip(ids, trained) if keep]
+    return RatingSample(tokenizer.decode(ids[:start], skip_special_tokens=True),
+                        tokenizer.decode(response, skip_special_tokens=True))
 
 
 def _check_translation_languages(dataset: Dataset) -> None:
     """Without a `direction` column, the source is the first language: make sure "first" means something."""
-    if "direction" in dataset.column_names:
+    if "direction" in (dataset.column_names or ()) or dataset.features is None:
         return
     feature = dataset.features["translation"]
     if isinstance(feature, (Translation, TranslationVariableLanguages)):
@@ -229,53 +301,105 @@ def _check_translation_languages(dataset: Dataset) -> None:
         )
 
 
-def resolve_format(dataset: Dataset, fmt: str | None) -> str:
-    """The dataset's format, detected or checked against its columns."""
-    if len(dataset) == 0:
+def column_names(dataset: Dataset | IterableDataset) -> list[str]:
+    """The dataset's columns; for an iterable dataset whose features are unknown, the keys of its first row."""
+    if dataset.column_names is not None:
+        return list(dataset.column_names)
+    first = next(iter(dataset), None)
+    return list(first) if first is not None else []
+
+
+def resolve_format(dataset: Dataset | IterableDataset, fmt: str | None, text_field: str = "text",
+                   formatting_func: Callable[[dict], str] | None = None) -> str:
+    """The dataset's shape, detected or checked against its columns.
+
+    A formatting_func makes the rows `FORMATTED` unless they are pre-tokenized (TRL ignores the function for
+    those) or a format is named, which then says how the rows are rated while TRL still formats them.
+    """
+    if isinstance(dataset, Dataset) and len(dataset) == 0:
+        raise DatasetError("The training dataset has no rows: check dataset_name and dataset_train_split.")
+    columns = column_names(dataset)
+    if not columns:
         raise DatasetError("The training dataset has no rows: check dataset_name and dataset_train_split.")
     if fmt is None:
-        fmt = detect_format(dataset.column_names)
+        if formatting_func is not None and "input_ids" not in columns:
+            return FORMATTED
+        fmt = detect_format(columns, text_field)
     else:
-        check_columns(dataset.column_names, fmt)
+        check_columns(columns, fmt, text_field)
     if fmt == "translation":
         _check_translation_languages(dataset)
     return fmt
 
 
-def rating_samples(dataset: Dataset, fmt: str | None = None) -> list[RatingSample]:
-    """Every row of `dataset` as a `RatingSample`, in dataset order."""
-    fmt = resolve_format(dataset, fmt)
-    return [rating_sample(row, fmt, i) for i, row in enumerate(dataset)]
+def rating_samples(dataset: Dataset | Iterable[dict], fmt: str | None = None, *, text_field: str = "text",
+                   tokenizer=None, formatting_func: Callable[[dict], str] | None = None) -> list[RatingSample]:
+    """Every row of `dataset` as a `RatingSample`, in dataset order: one pass, so an iterable dataset works too.
+
+    `dataset` may also be any iterable of rows when `fmt` is given.
+    """
+    if fmt is None or (fmt != FORMATTED and isinstance(dataset, (Dataset, IterableDataset))):
+        fmt = resolve_format(dataset, fmt, text_field, formatting_func)
+    samples = []
+    for i, row in enumerate(dataset):
+        if fmt == FORMATTED:
+            samples.append(RatingSample(None, _require_text(formatting_func(row), "formatting_func's output", i)))
+        else:
+            samples.append(rating_sample(row, fmt, i, text_field, tokenizer))
+    if not samples:
+        raise DatasetError("The training dataset has no rows: check dataset_name and dataset_train_split.")
+    return samples
 
 
-def training_dataset(dataset: Dataset, conversational: bool, fmt: str | None = None) -> Dataset:
+def _is_conversational(value) -> bool:
+    return isinstance(value, list) and bool(value) and isinstance(value[0], dict)
+
+
+def training_dataset(dataset: Dataset | IterableDataset, conversational: bool, fmt: str | None = None,
+                     text_field: str = "text") -> Dataset | IterableDataset:
     """The dataset in a shape `SFTTrainer` trains on, row for row with the input.
 
-    * Prompt/completion rows pass through, except turns for a tokenizer without a chat template, which become
-      plain text as below.
-    * Conversations (TRL messages, ShareGPT) become TRL messages ending at their last assistant turn, the turn
-      that was rated; without a chat template, plain text as below.
+    Shapes TRL trains on come back unchanged, the same object. The others are converted, and only the columns a
+    conversion reads are replaced; every other column (`tools`, `chat_template_kwargs`, ids) stays:
+
     * Alpaca and instruction/output rows become prompt/completion pairs, so that the loss covers the response
-      only: as chat turns when the tokenizer has a chat template, else as plain text.
+      only: as chat turns when the tokenizer has a chat template, else as plain text (`training_row`).
+    * ShareGPT rows become TRL messages, every turn kept, so that all assistant turns train as TRL trains them.
     * Translation rows become ALMA's prompt and the target, as plain text whatever the tokenizer: ALMA trains
       and translates with that prompt, not with a chat template, and the loss covers the target only.
+    * Conversational rows (messages, or prompt/completion turns) for a tokenizer without a chat template, which
+      TRL cannot render, become plain text as for Alpaca: the rated pair, with the last assistant turn as the
+      completion.
     """
-    fmt = resolve_format(dataset, fmt)
-    turns = fmt == "prompt_completion" and not isinstance(dataset[0]["prompt"], str)
-    if fmt == "prompt_completion" and (conversational or not turns):
+    fmt = fmt or resolve_format(dataset, None, text_field)
+    columns = column_names(dataset)
+    first = next(iter(dataset))
+    if fmt in ("messages", "prompt_completion") and not conversational:
+        turns = _is_conversational(first["messages"] if fmt == "messages" else first["prompt"])
+        if turns:
+            consumed = ["messages"] if fmt == "messages" else ["prompt", "completion"]
+            return _converted(dataset, columns, consumed, lambda row, i: training_row(rating_sample(row, fmt, i), False))
+    if fmt in TRAINED_AS_GIVEN:
         return dataset
-
-    def convert(row: dict, index: int) -> dict:
-        if fmt in ("messages", "sharegpt") and conversational:
-            messages = row["messages"] if fmt == "messages" else sharegpt_messages(row["conversations"], index)
-            return {"messages": _rated_conversation(messages, index)}
-        sample = rating_sample(row, fmt, index)
-        if fmt == "translation":
+    if fmt == "sharegpt":
+        if conversational:
+            return _converted(dataset, columns, ["conversations"],
+                              lambda row, i: {"messages": sharegpt_messages(row["conversations"], i)})
+        return _converted(dataset, columns, ["conversations"],
+                          lambda row, i: training_row(rating_sample(row, fmt, i), False))
+    if fmt == "translation":
+        def translated(row: dict, index: int) -> dict:
+            sample = rating_sample(row, fmt, index)
             # No space before the target: ALMA joins prompt and target as they are.
             return {"prompt": sample.instruction, "completion": sample.response}
-        return training_row(sample, conversational)
+        return _converted(dataset, columns, ["translation"], translated)
+    return _converted(dataset, columns, ["instruction", "input", "output"],
+                      lambda row, i: training_row(rating_sample(row, fmt, i), conversational))
 
-    return dataset.map(convert, with_indices=True, remove_columns=dataset.column_names)
+
+def _converted(dataset, columns: list[str], consumed: list[str], convert) -> Dataset | IterableDataset:
+    """`convert` applied to every row, the columns it read replaced by the ones it writes."""
+    return dataset.map(convert, with_indices=True, remove_columns=[c for c in consumed if c in columns])
 
 
 def training_row(sample: RatingSample, conversational: bool) -> dict:

@@ -1,11 +1,13 @@
-"""Loading the training dataset a recipe names: a local file, a hub dataset, or translation directions.
+"""Loading the datasets a recipe names, as `trl sft` loads them: a local file, a hub dataset, a mixture
+(`datasets:`, through TRL's own `get_dataset`), or translation directions; streamed when the recipe asks.
 
-Loading stops at a `datasets.Dataset` of raw rows; turning rows into what is rated and trained on is the job
-of `formats`.
+Loading stops at a `datasets.Dataset` (or `IterableDataset`) of raw rows; turning rows into what is rated and
+trained on is the job of `formats`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from dataclasses import dataclass, field
@@ -14,12 +16,16 @@ from pathlib import Path
 
 from datasets import (
     Dataset,
+    DatasetDict,
     Features,
+    IterableDataset,
     Value,
     concatenate_datasets,
     get_dataset_config_names,
     load_dataset,
 )
+
+from trl import DatasetMixtureConfig, get_dataset
 
 from .errors import DatasetError
 from .formats import LANGUAGE_NAMES
@@ -28,8 +34,9 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass
-class DataArguments:
-    """Dataset keys of a recipe beyond TRL's `ScriptArguments`."""
+class DataArguments(DatasetMixtureConfig):
+    """Dataset keys of a recipe beyond TRL's `ScriptArguments`: TRL's mixture keys (`datasets`, `streaming`,
+    `test_split_size`), as `trl sft` reads them, and `dataset_directions`."""
 
     dataset_directions: list[str] | None = field(
         default=None,
@@ -46,10 +53,56 @@ def demo_dataset_path() -> str:
     return str(files("selectit_trl") / "data" / "quickstart.jsonl")
 
 
-def load_train_dataset(script_args, data_args: DataArguments | None = None) -> Dataset:
-    """The training rows a recipe names: `dataset_name` as a local file (read by extension, `LOCAL_FILE_BUILDERS`)
-    or a hub id, the bundled demo dataset when it is left out, or translation directions when
-    `dataset_directions` is set."""
+def _mixture(script_args, data_args: DataArguments | None, seed: int) -> DatasetDict | None:
+    """The recipe's `datasets:` mixture, loaded by TRL's `get_dataset`, or None when it names none.
+
+    `test_split_size` is applied here with `seed` rather than by `get_dataset`, which splits at random: the same
+    recipe must give the same training rows on every run, or a resumed run or the score store would meet another
+    pool.
+    """
+    if data_args is None or not data_args.datasets:
+        return None
+    if data_args.dataset_directions:
+        raise DatasetError("dataset_directions and datasets (a mixture) cannot be combined: list the translation files "
+                           "under one of them.")
+    if script_args.dataset_name is not None:
+        logger.warning("Both datasets (a mixture) and dataset_name are set: the mixture is used, as trl sft does.")
+    try:
+        loaded = get_dataset(dataclasses.replace(data_args, test_split_size=None))
+    except ValueError as error:  # TRL's own message (a fraction on some datasets only, fractions when streaming)
+        raise DatasetError(f"The datasets mixture cannot be loaded: {error}") from None
+    if data_args.test_split_size is None:
+        return loaded
+    if data_args.streaming:
+        raise DatasetError("test_split_size cannot split a streamed mixture: set streaming: false, or leave "
+                           "test_split_size out and set eval_strategy: no.")
+    return loaded["train"].train_test_split(test_size=data_args.test_split_size, seed=seed)
+
+
+def _split_of(dataset: DatasetDict, split: str, key: str):
+    if split not in dataset:
+        hint = " Set test_split_size to split the mixture." if key == "dataset_test_split" else ""
+        raise DatasetError(f"The datasets mixture has no {split!r} split ({key}); it has {', '.join(dataset)}.{hint}")
+    return dataset[split]
+
+
+def _streaming(script_args) -> bool:
+    return bool(getattr(script_args, "dataset_streaming", False))
+
+
+def load_datasets(script_args, data_args: DataArguments | None = None, with_eval: bool = False, seed: int = 42):
+    """(train rows, eval rows or None) as a recipe names them, as `trl sft` loads them.
+
+    Train rows: the `datasets:` mixture's `dataset_train_split`; else `dataset_name` as a local file (read by
+    extension, `LOCAL_FILE_BUILDERS`) or a hub id; the bundled demo dataset when both are left out; translation
+    directions when `dataset_directions` is set. With `dataset_streaming` (or the mixture's `streaming`), an
+    IterableDataset. Eval rows, only `with_eval`: the `dataset_test_split` of the same source (a mixture's comes
+    from `test_split_size`, split with `seed`). A local file holds one split only, so it is refused then.
+    """
+    mixture = _mixture(script_args, data_args, seed)
+    if mixture is not None:
+        return (_split_of(mixture, script_args.dataset_train_split, "dataset_train_split"),
+                _split_of(mixture, script_args.dataset_test_split, "dataset_test_split") if with_eval else None)
     name = script_args.dataset_name
     directions = data_args.dataset_directions if data_args else None
     if directions:
@@ -62,33 +115,36 @@ def load_train_dataset(script_args, data_args: DataArguments | None = None) -> D
         if script_args.dataset_config is not None:
             raise DatasetError("dataset_config is not used with dataset_directions: each direction reads the configuration "
                              "named after its language pair. Remove dataset_config.")
-        return load_translation_directions(name, directions, split=script_args.dataset_train_split)
-    if name is None:
-        logger.warning("No dataset_name given: using the bundled demo dataset.")
-        name = demo_dataset_path()
-    if _names_a_file(name):
+        if _streaming(script_args):
+            raise DatasetError("dataset_streaming is not supported with dataset_directions, which join the directions "
+                               "of each language pair in memory. Set dataset_streaming: false.")
+
+        def load(split):
+            return load_translation_directions(name, directions, split=split)
+    elif name is None or _names_a_file(name):
+        if with_eval:
+            raise DatasetError(
+                f"eval_strategy asks for an eval set, but dataset_name is {'left out' if name is None else 'a local file'}, "
+                f"which has no {script_args.dataset_test_split!r} split (dataset_test_split). Use a hub dataset with that "
+                "split, a datasets mixture with test_split_size, or set eval_strategy: no; from Python, pass "
+                "eval_dataset to SelectiveSFTTrainer."
+            )
+        if name is None:
+            logger.warning("No dataset_name given: using the bundled demo dataset.")
+            name = demo_dataset_path()
         if not os.path.isfile(name):
             raise DatasetError(f"dataset_name {name!r} looks like a local file, but it does not exist.")
         builder, options = local_file_builder(name)
-        return load_dataset(builder, data_files=name, split="train", **options)
-    return load_dataset(name, name=script_args.dataset_config, split=script_args.dataset_train_split)
+        return load_dataset(builder, data_files=name, split="train", streaming=_streaming(script_args), **options), None
+    else:
+        def load(split):
+            return load_dataset(name, name=script_args.dataset_config, split=split, streaming=_streaming(script_args))
+    return load(script_args.dataset_train_split), load(script_args.dataset_test_split) if with_eval else None
 
 
-def load_eval_dataset(script_args, data_args: DataArguments | None = None) -> Dataset:
-    """The eval rows of a recipe whose `eval_strategy` is not `no`, as `trl sft` takes them: the split
-    `dataset_test_split` of the same hub dataset, or of each translation direction. A local file holds one
-    split only, so it is refused with what to do instead."""
-    name, split = script_args.dataset_name, script_args.dataset_test_split
-    if name is None or _names_a_file(name):
-        raise DatasetError(
-            f"eval_strategy asks for an eval set, but dataset_name is {'left out' if name is None else 'a local file'}, "
-            f"which has no {split!r} split (dataset_test_split). Use a hub dataset with that split, or set "
-            "eval_strategy: no; from Python, pass eval_dataset to SelectiveSFTTrainer."
-        )
-    directions = data_args.dataset_directions if data_args else None
-    if directions:
-        return load_translation_directions(name, directions, split=split)
-    return load_dataset(name, name=script_args.dataset_config, split=split)
+def load_train_dataset(script_args, data_args: DataArguments | None = None) -> Dataset | IterableDataset:
+    """The training rows alone (`load_datasets`)."""
+    return load_datasets(script_args, data_args)[0]
 
 
 # The `datasets` builder that reads a local file of each extension: the formats instruction data comes in.

@@ -55,10 +55,18 @@ _SPLIT_MARK = "\u2063<selectit-split>\u2063"
 
 @dataclass(frozen=True)
 class RatingSample:
-    """What the model rates: the full instruction (with its input, if any) and the response."""
+    """What the model rates: the full instruction (with its input, if any) and the response.
 
-    instruction: str
+    A row with no instruction (a language-modelling text, a formatting function's output, pre-tokenized ids
+    without a mask) is a whole text: `instruction` is None and `response` holds the text.
+    """
+
+    instruction: str | None
     response: str
+
+    @property
+    def is_text(self) -> bool:
+        return self.instruction is None
 
 
 @dataclass(frozen=True)
@@ -127,7 +135,8 @@ def load_prompts(
 
 def render_prompt_first(sample: RatingSample, prompt_line: str) -> str:
     """The released scripts' rating text, byte for byte (no space after the colons)."""
-    return prompt_line + "\n" + "Instruction:" + sample.instruction + "\n" + "Response:" + sample.response + "\nThe answer is: \n"
+    # The released layout has no place for a whole text: it goes where the response goes, the instruction empty.
+    return prompt_line + "\n" + "Instruction:" + (sample.instruction or "") + "\n" + "Response:" + sample.response + "\nThe answer is: \n"
 
 
 def sample_first_texts(sample: RatingSample, prompts: RatingPrompts, chat: bool = False) -> tuple[str, list[str]]:
@@ -138,7 +147,11 @@ def sample_first_texts(sample: RatingSample, prompts: RatingPrompts, chat: bool 
     chat the assistant turn that follows is the cue, and the request ends with itself.
     """
     head = prompts.preamble + "\n\n" if prompts.preamble else ""
-    prefix = head + "Instruction:\n" + sample.instruction + "\n\nResponse:\n" + sample.response
+    if sample.is_text:
+        # A whole text is rated as a response given with no instruction: the requests ask about it alone.
+        prefix = head + "Response:\n" + sample.response
+    else:
+        prefix = head + "Instruction:\n" + sample.instruction + "\n\nResponse:\n" + sample.response
     cue = "" if chat else "\nRating: "
     return prefix, ["\n\n" + request.strip() + cue for request in prompts.requests]
 

@@ -422,7 +422,7 @@ def report_text(output_dir, files: ScoreFiles, stats: dict, plots: dict[str, Pat
     for title, key in (("Highest-scored rows", "top"), ("Lowest-scored rows", "bottom")):
         lines += [f"## {title}", "", "| Row | Score | Instruction | Response |", "|---:|---:|---|---|"]
         for example in summary["examples"][key]:
-            cells = [example["instruction"], example["response"]]
+            cells = [example["instruction"] if example["instruction"] is not None else "(whole text)", example["response"]]
             cells = [c.replace("|", "\\|") for c in cells]
             lines.append(f"| {example['index']} | {example['score']:.4f} | {cells[0]} | {cells[1]} |")
         lines.append("")

@@ -78,6 +78,18 @@ def check_keeps_rows(num_samples: int, config) -> None:
         )
 
 
+def check_instructions(samples: Sequence[RatingSample], config) -> None:
+    """IFD and reverse IFD compare a response read with and without its instruction: whole texts have none."""
+    needing = [name for name in strategies.parse_strategy(config.selection_strategy) if name in ("ifd", "rifd")]
+    if needing and any(s.is_text for s in samples):
+        usable = ", ".join(name for name in strategies.STRATEGIES if name not in ("ifd", "rifd"))
+        raise SelectionConfigError(
+            f"selection_strategy uses {' and '.join(needing)}, which need an instruction for each response, and this "
+            f"dataset's rows are whole texts (a text column, a formatting_func's output, or token ids with no mask). "
+            f"Use one of {usable}, or give rows with instructions (prompt/completion, messages, alpaca)."
+        )
+
+
 def empty_responses(samples: Sequence[RatingSample], strict: bool) -> list[int]:
     """Indices of the rows whose response is empty or blank: never kept, or an error with `strict`."""
     empty = [i for i, s in enumerate(samples) if not s.response.strip()]
@@ -101,7 +113,8 @@ def _examples(samples: Sequence[RatingSample], scores: np.ndarray, eligible: np.
     order = reflection.rank(probe.bottom_barred(scores, eligible)).tolist()
 
     def describe(i: int) -> dict:
-        return {"index": i, "score": float(scores[i]), "instruction": _shorten(samples[i].instruction), "response": _shorten(samples[i].response)}
+        instruction = None if samples[i].is_text else _shorten(samples[i].instruction)  # None: a whole text
+        return {"index": i, "score": float(scores[i]), "instruction": instruction, "response": _shorten(samples[i].response)}
 
     return {"top": [describe(i) for i in order[:count]], "bottom": [describe(i) for i in order[::-1][:count]]}
 
@@ -160,7 +173,7 @@ class _Plan:
 
     def keepable(self, samples: Sequence[RatingSample]) -> np.ndarray:
         """Rows that may be kept whatever their scores: a response, and an instruction where the strategy needs one."""
-        return np.array([bool(s.response.strip()) and (bool(s.instruction.strip()) or not self.needs_instructions)
+        return np.array([bool(s.response.strip()) and (bool((s.instruction or "").strip()) or not self.needs_instructions)
                          for s in samples], dtype=bool)
 
     def models(self) -> list[Rater]:
@@ -303,7 +316,7 @@ def run_selection(
     scores, eligible = ranked.ranking, ranked.eligible
     barred = dict(ranked.barred)
     if plan.needs_instructions:
-        barred["empty_instruction"] = sum(not s.instruction.strip() for s in samples)
+        barred["empty_instruction"] = sum(not (s.instruction or "").strip() for s in samples)
     wanted = reflection.num_to_keep(len(samples), config.selection_ratio, config.selection_max_samples)
     if int(eligible.sum()) < wanted:
         logger.warning(
@@ -411,6 +424,14 @@ def _probe(plan: _Plan, measurer: Measurer, samples: Sequence[RatingSample], emp
     is an error.
     """
     config = plan.config
+    if any(s.is_text for s in samples):
+        # Mismatched pairs join one row's instruction to another's response; whole texts have no instruction.
+        message = ("The signal probe pairs instructions with other rows' responses, and this dataset's rows are whole "
+                   "texts with no instruction.")
+        if required:
+            raise SelectionConfigError(message + " Set selection_dataset_format if the rows do hold instruction pairs.")
+        logger.info("%s Skipping it.", message)
+        return None, [], None
     eligible = np.ones(len(samples), dtype=bool)
     eligible[list(empty)] = False
     rows = probe.probe_rows(samples, eligible, config.selection_probe_size, seed=config.seed)

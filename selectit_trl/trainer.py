@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import logging
 import os
 from pathlib import Path
 
 import torch
-from datasets import Dataset
+from datasets import Dataset, IterableDataset
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
@@ -43,6 +44,7 @@ from .report import strategy_label
 from .scoring import cap_onednn_cache
 from .selection import (
     SelectionResult,
+    check_instructions,
     check_keeps_rows,
     empty_responses,
     rating_prompts,
@@ -124,26 +126,70 @@ class _LogSelection(TrainerCallback):
     def on_train_begin(self, args, state, control, **kwargs):
         # The loggers' own on_train_begin has run by now (they come first in the callback list), so a TensorBoard
         # writer or W&B run exists to take these. A resumed run logged them when it started the first time.
+        # They go to the loggers only, not into state.log_history, which keeps exactly the entries SFTTrainer's has
+        # (scripts read log_history[0] as the first eval); summary.json records them.
         if self.trainer.selection_result is not None and state.global_step == 0:
-            self.trainer.log(selection_metrics(self.trainer.selection_result.summary))
+            metrics = selection_metrics(self.trainer.selection_result.summary)
+            self.trainer.callback_handler.on_log(args, state, control, {**metrics, "epoch": state.epoch or 0.0})
 
 
-def _eval_in_training_shape(eval_dataset, conversational: bool, fmt: str | None):
+def _eval_in_training_shape(eval_dataset, conversational: bool, fmt: str | None, text_field: str):
     """The eval set in the shape the training rows take (`formats.training_dataset`), so that eval loss is
-    computed as the training loss is. Each set of a dict is converted alone. A set whose columns fit none of the
-    rating formats (TRL's own text or tokenized rows), an iterable one, or an empty one goes to SFTTrainer as it
-    is; TRL prepares it."""
+    computed as the training loss is. Each set of a dict is converted alone. A set in a shape TRL trains on, one
+    in no known shape, an iterable one, or an empty one goes to SFTTrainer as it is; TRL prepares it."""
     if isinstance(eval_dataset, dict):  # a DatasetDict too
-        return type(eval_dataset)({name: _eval_in_training_shape(part, conversational, fmt)
+        return type(eval_dataset)({name: _eval_in_training_shape(part, conversational, fmt, text_field)
                                    for name, part in eval_dataset.items()})
     if not isinstance(eval_dataset, Dataset) or len(eval_dataset) == 0:
         return eval_dataset
     if fmt is None:
         try:
-            fmt = formats.detect_format(eval_dataset.column_names)
+            fmt = formats.detect_format(eval_dataset.column_names, text_field)
         except DatasetError:
             return eval_dataset
-    return formats.training_dataset(eval_dataset, conversational, fmt)
+    return formats.training_dataset(eval_dataset, conversational, fmt, text_field)
+
+
+def _is_shuffled(dataset: IterableDataset) -> bool:
+    """Whether an iterable dataset reorders its rows from one epoch to the next (`IterableDataset.shuffle`)."""
+    examples = getattr(dataset, "_ex_iterable", None)
+    while examples is not None:
+        if "Shuffled" in type(examples).__name__:
+            return True
+        examples = getattr(examples, "ex_iterable", None)
+    return False
+
+
+def _row_fingerprint(row: dict) -> str:
+    """A short digest of a row's content, to check that an iterable dataset gives the rows it was rated on."""
+    return hashlib.blake2b(json.dumps(row, sort_keys=True, default=repr, ensure_ascii=False).encode("utf-8"),
+                           digest_size=8).hexdigest()
+
+
+def _fingerprinting(rows: IterableDataset, fingerprints: list[str]):
+    """The rows, unchanged, each one's fingerprint appended to `fingerprints` as it goes by."""
+    for row in rows:
+        fingerprints.append(_row_fingerprint(row))
+        yield row
+
+
+def _kept_rows(pool: IterableDataset, kept: list[int], fingerprints: list[str]) -> IterableDataset:
+    """An iterable dataset restricted to the kept rows: a filter by position in a second pass, which checks each
+    kept row against the one that was rated."""
+    wanted = set(kept)
+
+    def keep(row: dict, index: int) -> bool:
+        if index not in wanted:
+            return False
+        if index >= len(fingerprints) or _row_fingerprint(row) != fingerprints[index]:
+            raise DatasetError(
+                f"The iterable train_dataset gave another row at position {index} on its second pass than when it "
+                "was rated. Selection keeps rows by position, so the dataset must give the same rows in the same "
+                "order each time it is iterated: pass it unshuffled, from a source that can be read again."
+            )
+        return True
+
+    return pool.filter(keep, with_indices=True)
 
 
 def _as_selective_config(args: TrainingArguments) -> SelectiveSFTConfig:
@@ -176,9 +222,12 @@ class SelectiveSFTTrainer(SFTTrainer):
             Training and selection configuration. A `TrainingArguments` or `SFTConfig` is turned into a
             SelectiveSFTConfig with the selection defaults, as SFTTrainer turns a `TrainingArguments` into an
             SFTConfig; the object passed in is never changed.
-        train_dataset ([`~datasets.Dataset`]):
-            Rows in one of the formats of `selectit_trl.formats` (alpaca, instruction/output, messages,
-            prompt/completion, ShareGPT, translation pairs).
+        train_dataset ([`~datasets.Dataset`] or [`~datasets.IterableDataset`]):
+            Any dataset SFTTrainer trains on (text, messages, prompt/completion, pre-tokenized, or rows for a
+            `formatting_func`), or alpaca, instruction/output, ShareGPT or translation rows, which are converted
+            into a TRL shape (`selectit_trl.formats`). TRL receives the kept rows as they are, every column kept.
+            An iterable dataset is rated in one pass and filtered to the kept rows in a second, so it must give the
+            same rows in the same order each time.
         processing_class (`PreTrainedTokenizerBase`, *optional*):
             The tokenizer; loaded from the model when not given.
         eval_dataset (*optional*):
@@ -249,16 +298,39 @@ class SelectiveSFTTrainer(SFTTrainer):
             processing_class = AutoTokenizer.from_pretrained(self._model_source, trust_remote_code=args.trust_remote_code)
 
         # Two views of the same rows, index for index: what is rated, and what is trained on. The trained view is
-        # kept aside unprepared, because the subset is cut from it in train(), after scoring.
-        fmt = self.dataset_format = formats.resolve_format(train_dataset, args.selection_dataset_format)
-        self.rating_samples = formats.rating_samples(train_dataset, fmt)
+        # the user's own rows (converted only where TRL cannot train on their shape), kept aside unprepared: TRL
+        # prepares the kept rows once, in train(), after scoring.
+        tokenizer = getattr(processing_class, "tokenizer", processing_class)  # a multimodal processor's own tokenizer
+        text_field = args.dataset_text_field
+        fmt = self.dataset_format = formats.resolve_format(
+            train_dataset, args.selection_dataset_format, text_field, formatting_func)
+        if isinstance(train_dataset, IterableDataset) and _is_shuffled(train_dataset):
+            raise DatasetError(
+                "The iterable train_dataset is shuffled, so it gives its rows in another order each epoch, and the kept "
+                "rows, chosen by position, could not be found again. Pass it unshuffled; the Trainer draws batches in "
+                "random order from a map-style Dataset by itself."
+            )
+        rows, self._row_fingerprints = train_dataset, None
+        if isinstance(train_dataset, IterableDataset):
+            # One streaming pass: each row is rated, and its fingerprint kept to check it in the second pass.
+            self._row_fingerprints = []
+            rows = _fingerprinting(train_dataset, self._row_fingerprints)
+        self.rating_samples = formats.rating_samples(
+            rows, fmt, text_field=text_field, tokenizer=tokenizer, formatting_func=formatting_func)
         self._check_selection_inputs(args, processing_class)
-        conversational = bool(getattr(processing_class, "chat_template", None))
-        self._selection_pool = formats.training_dataset(train_dataset, conversational, fmt)
-        eval_dataset = _eval_in_training_shape(eval_dataset, conversational, args.selection_dataset_format)
+        # A chat_template_path gives the tokenizer its template inside SFTTrainer.__init__, after this point.
+        conversational = bool(getattr(tokenizer, "chat_template", None)) or args.chat_template_path is not None
+        # With a formatting_func, TRL formats the user's own rows, whatever format they are rated as.
+        trained_as = formats.FORMATTED if formatting_func is not None and fmt != "tokenized" else fmt
+        self._training_shape = (conversational, trained_as, text_field)
+        self._user_rows = train_dataset
+        self._selection_pool = formats.training_dataset(train_dataset, *self._training_shape)
+        if formatting_func is None:
+            eval_dataset = _eval_in_training_shape(eval_dataset, conversational, args.selection_dataset_format, text_field)
         self.selection_result: SelectionResult | None = None
         self._store_set_aside = False  # selection_overwrite applies to this trainer's first selection only
 
+        self._deferring_pool = True  # see _prepare_dataset
         super().__init__(
             model=model, args=args, data_collator=data_collator, train_dataset=self._selection_pool,
             eval_dataset=eval_dataset, processing_class=processing_class, compute_loss_func=compute_loss_func,
@@ -266,8 +338,42 @@ class SelectiveSFTTrainer(SFTTrainer):
             optimizer_cls_and_kwargs=optimizer_cls_and_kwargs, preprocess_logits_for_metrics=preprocess_logits_for_metrics,
             quantization_config=quantization_config, peft_config=peft_config, formatting_func=formatting_func,
         )
+        self._deferring_pool = False
+        # Until train() cuts the subset, train_dataset is the whole pool, prepared only if someone reads it.
+        self._pool_unprepared = not self._skip_prepare_dataset
         self.add_callback(_RecordSelectionInCheckpoints(self))
         self.add_callback(_LogSelection(self))
+
+    def _prepare_dataset(self, dataset, processing_class, args, packing, formatting_func, dataset_name):
+        """TRL's preparation, except for the training pool while SFTTrainer.__init__ runs.
+
+        The pool is prepared in train(), on the kept rows only, so that no row is tokenized twice and no dropped
+        row at all. Its first row is prepared now and thrown away, so that TRL's own checks of the data (a
+        `with_transform` dataset, a bad chat template) fail at construction, as with SFTTrainer.
+        """
+        if not (self._deferring_pool and dataset_name == "train"):
+            return super()._prepare_dataset(dataset, processing_class, args, packing, formatting_func, dataset_name)
+        first = dataset.select(range(1)) if isinstance(dataset, Dataset) else dataset.take(1)
+        prepared = super()._prepare_dataset(first, processing_class, args, packing, formatting_func, dataset_name)
+        if isinstance(prepared, IterableDataset):
+            next(iter(prepared), None)  # an iterable's preparation is lazy: run it on that row
+        return dataset
+
+    @property
+    def train_dataset(self):
+        """The rows TRL trains on, prepared: the kept rows once train() has selected them. Before that, the whole
+        pool, which is prepared (as SFTTrainer prepares it) only when this is read."""
+        if self.__dict__.get("_pool_unprepared"):
+            self._pool_unprepared = False
+            self.__dict__["_train_dataset"] = super()._prepare_dataset(
+                self.__dict__["_train_dataset"], self.processing_class, self.args, self.args.packing,
+                self._formatting_func, "train")
+        return self.__dict__.get("_train_dataset")
+
+    @train_dataset.setter
+    def train_dataset(self, value):
+        self.__dict__["_train_dataset"] = value
+        self.__dict__["_pool_unprepared"] = False
 
     def _check_selection_inputs(self, args: SelectiveSFTConfig, tokenizer) -> None:
         """Everything about the selection that can be wrong, checked before the model is loaded."""
@@ -281,6 +387,7 @@ class SelectiveSFTTrainer(SFTTrainer):
                 f"selection_teacher_model rewrites single-turn instruction/response rows ({', '.join(RECYCLABLE_FORMATS)}); "
                 f"this dataset is {self.dataset_format}. Convert it, or select without a teacher."
             )
+        check_instructions(self.rating_samples, args)
         check_keeps_rows(len(self.rating_samples), args)
         empty_responses(self.rating_samples, args.selection_strict)
 
@@ -430,7 +537,12 @@ class SelectiveSFTTrainer(SFTTrainer):
         expected = self._checkpoint_subset(resume_from_checkpoint) if resuming else None
         result = self._select(resuming=resuming, expected_indices_sha256=expected)
         kept = result.kept_indices
-        subset = self._selection_pool.select(kept)
+        if isinstance(self._selection_pool, Dataset):
+            subset = self._selection_pool.select(kept)
+        else:
+            # The filter reads the user's own rows, as they were fingerprinted; any conversion follows it.
+            subset = formats.training_dataset(_kept_rows(self._user_rows, kept, self._row_fingerprints),
+                                              *self._training_shape)
         if result.recycled:
             # Rows that took a teacher's rewrite train on it, in the shape their format trains in.
             conversational = bool(getattr(self.processing_class, "chat_template", None))
@@ -438,7 +550,7 @@ class SelectiveSFTTrainer(SFTTrainer):
                         for j, i in enumerate(kept) if i in result.recycled}
             subset = subset.map(lambda row, j: rewrites.get(j, row), with_indices=True)
         if not self._skip_prepare_dataset:
-            subset = self._prepare_dataset(
+            subset = super()._prepare_dataset(
                 subset, self.processing_class, self.args, self.args.packing, self._formatting_func, "train"
             )
         self.train_dataset = subset

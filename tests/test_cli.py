@@ -140,13 +140,48 @@ def test_a_recipe_that_evaluates_takes_the_test_split_as_its_eval_set(tiny_llama
     assert sum("eval_loss" in entry for entry in trainer.state.log_history) == 2
 
 
-def test_a_local_file_cannot_give_an_eval_split_and_streaming_is_refused(tiny_llama, data_file, tmp_path):
+def test_a_local_file_cannot_give_an_eval_split(tiny_llama, data_file, tmp_path):
     evaluating = cli("score", "--config", write_recipe(tmp_path, tiny_llama, data_file, eval_strategy="steps"))
     assert evaluating.returncode == 1 and "Traceback" not in evaluating.stderr
     assert "dataset_name is a local file, which has no 'test' split" in evaluating.stderr
-    streaming = cli("score", "--config", write_recipe(tmp_path, tiny_llama, data_file, dataset_streaming=True))
-    assert streaming.returncode == 1 and "Traceback" not in streaming.stderr
-    assert "dataset_streaming: true is not supported yet" in streaming.stderr
+
+
+def test_a_streamed_recipe_selects_and_trains_on_the_rows_read_whole(tiny_llama, data_file, tmp_path):
+    """dataset_streaming: the rows arrive as an IterableDataset, are rated in one pass, and the kept ones are
+    trained on; the scores and the kept rows are those of the same file read whole."""
+    selected = {}
+    for name, streaming in (("whole", False), ("streamed", True)):
+        (tmp_path / name).mkdir()
+        done = cli("train", "--config", write_recipe(tmp_path / name, tiny_llama, data_file, dataset_streaming=streaming))
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert (tmp_path / name / "out" / "adapter_model.safetensors").is_file()
+        records = [json.loads(line) for line in (tmp_path / name / "out" / "selection" / "scores.jsonl").read_text().splitlines()]
+        selected[name] = [(r["score"], r["selected"]) for r in records]
+    assert len(selected["streamed"]) == 16 and selected["streamed"] == selected["whole"]
+
+
+def test_a_datasets_mixture_is_loaded_by_trl_and_split_the_same_way_every_run(tiny_llama, demo_rows, tmp_path):
+    """`datasets:` as `trl sft` reads it (TRL's get_dataset, with fraction and columns); test_split_size gives the
+    eval set, split with the run's seed so that a rerun meets the same pool."""
+    from selectit_trl.cli import build_trainer, parse_args
+
+    first, second = tmp_path / "first.jsonl", tmp_path / "second.jsonl"
+    first.write_text("".join(json.dumps(r) + "\n" for r in demo_rows[:20]), encoding="utf-8")
+    second.write_text("".join(json.dumps(r) + "\n" for r in demo_rows[20:40]), encoding="utf-8")
+    columns = ["instruction", "input", "output"]
+    mixture = [{"path": "json", "data_files": str(first), "fraction": 0.5, "columns": columns},
+               {"path": "json", "data_files": str(second), "fraction": 0.5, "columns": columns}]
+    recipe = write_recipe(tmp_path, tiny_llama, "unused", datasets=mixture, test_split_size=0.25,
+                          eval_strategy="steps", eval_steps=1, selection_probe=False)
+    trainer = build_trainer(*parse_args(["--config", str(recipe)]))
+    assert len(trainer.rating_samples) == 30 and len(trainer.eval_dataset) == 10
+    rated = {(s.instruction, s.response) for s in trainer.rating_samples}
+    pool = {(r["instruction"] + ("\n" + r["input"] if r["input"] else ""), r["output"]) for r in demo_rows[:40]}
+    assert rated <= pool
+    again = build_trainer(*parse_args(["--config", str(recipe)]))
+    assert again.rating_samples == trainer.rating_samples
+    trainer.train()
+    assert sum("eval_loss" in entry for entry in trainer.state.log_history) == 2
 
 
 def test_unknown_recipe_key_gets_a_one_line_hint(tiny_llama, data_file, tmp_path):

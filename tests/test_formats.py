@@ -28,6 +28,7 @@ ROWS = {
     "prompt_completion": {"prompt": "Capital of France?", "completion": "Paris."},
     "sharegpt": {"conversations": [{"from": "human", "value": "Hi?"}, {"from": "gpt", "value": "Hello."}]},
     "translation": {"translation": {"de": "Guten Morgen.", "en": "Good morning."}},
+    "text": {"text": "A whole text."},
 }
 
 EXPECTED = {
@@ -37,10 +38,12 @@ EXPECTED = {
     "prompt_completion": RatingSample("Capital of France?", "Paris."),
     "sharegpt": RatingSample("Hi?", "Hello."),
     "translation": RatingSample("Translate this from German to English:\nGerman: Guten Morgen.\nEnglish:", "Good morning."),
+    "text": RatingSample(None, "A whole text."),
 }
 
 
-@pytest.mark.parametrize("fmt", FORMATS)
+# Pre-tokenized rows need a tokenizer; test_pretokenized_rows_are_decoded_and_split_where_the_mask_starts has them.
+@pytest.mark.parametrize("fmt", [fmt for fmt in FORMATS if fmt != "tokenized"])
 def test_each_format_is_detected_and_rated_exactly(fmt):
     dataset = Dataset.from_list([ROWS[fmt]])
     assert detect_format(dataset.column_names) == fmt
@@ -127,14 +130,75 @@ def test_translation_rows_whose_direction_cannot_be_told_are_refused():
         rating_samples(sorted_languages)
 
 
-def test_a_conversation_trains_on_what_was_rated_and_no_further():
+def test_a_conversation_is_rated_on_its_last_answer_and_trains_on_every_turn():
     turns = [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}, {"role": "user", "content": "Thanks"}]
-    dataset = Dataset.from_list([{"messages": turns}])
+    dataset = Dataset.from_list([{"messages": turns, "id": 7}])
     assert rating_samples(dataset) == [RatingSample("Q", "A")]
-    assert training_dataset(dataset, conversational=True)[0] == {"messages": turns[:2]}
+    # TRL's own shape: the same object, every turn and column as given.
+    assert training_dataset(dataset, conversational=True) is dataset
     sharegpt = Dataset.from_list([{"conversations": [{"from": "human", "value": "Q"}, {"from": "gpt", "value": "A"},
-                                                      {"from": "human", "value": "Thanks"}]}])
-    assert training_dataset(sharegpt, conversational=True)[0] == {"messages": turns[:2]}
+                                                      {"from": "human", "value": "Thanks"}], "id": 7}])
+    assert training_dataset(sharegpt, conversational=True)[0] == {"messages": turns, "id": 7}
+
+
+def test_converted_rows_keep_every_column_they_do_not_read():
+    row = {**ROWS["alpaca"], "source": "web", "tools": "[]"}
+    trained = training_dataset(Dataset.from_list([row]), conversational=False)[0]
+    assert trained == {"source": "web", "tools": "[]", "prompt": f"Instruction:\n{EXPECTED['alpaca'].instruction}\n\nResponse:\n",
+                       "completion": ROWS["alpaca"]["output"]}
+    translation = training_dataset(Dataset.from_list([{**ROWS["translation"], "direction": "de-en"}]), conversational=True)
+    assert translation.column_names == ["direction", "prompt", "completion"]
+
+
+def test_text_rows_are_rated_as_whole_texts_and_train_unchanged():
+    dataset = Dataset.from_list([{"text": "One whole text.", "id": 1}, {"text": "Another.", "id": 2}])
+    assert detect_format(dataset.column_names) == "text"
+    assert rating_samples(dataset) == [RatingSample(None, "One whole text."), RatingSample(None, "Another.")]
+    assert training_dataset(dataset, conversational=True) is dataset
+    # dataset_text_field names the column, as for SFTTrainer.
+    body = Dataset.from_list([{"body": "Some text."}])
+    assert detect_format(body.column_names, text_field="body") == "text"
+    assert rating_samples(body, text_field="body") == [RatingSample(None, "Some text.")]
+    with pytest.raises(DatasetError, match="dataset_text_field"):
+        detect_format(body.column_names)
+
+
+def test_a_formatting_func_output_is_what_is_rated():
+    dataset = Dataset.from_list([{"chosen": "Yes", "rejected": "No"}])
+    samples = rating_samples(dataset, formatting_func=lambda row: f"{row['chosen']} > {row['rejected']}")
+    assert samples == [RatingSample(None, "Yes > No")]
+    with pytest.raises(RowFormatError, match="Row 0: formatting_func's output must be a string"):
+        rating_samples(dataset, formatting_func=lambda row: [row["chosen"]])
+
+
+def test_pretokenized_rows_are_decoded_and_split_where_the_mask_starts(tokenizer):
+    prompt, answer = tokenizer("Name a prime.")["input_ids"], tokenizer(" Seven.")["input_ids"]
+    ids = prompt + answer
+    mask = [0] * len(prompt) + [1] * len(answer)
+    labels = [-100] * len(prompt) + answer
+    expected = RatingSample(tokenizer.decode(prompt), tokenizer.decode(answer))
+    for column, value in (("completion_mask", mask), ("assistant_masks", mask), ("labels", labels)):
+        dataset = Dataset.from_list([{"input_ids": ids, column: value}])
+        assert detect_format(dataset.column_names) == "tokenized"
+        assert rating_samples(dataset, tokenizer=tokenizer) == [expected], column
+        assert training_dataset(dataset, conversational=True) is dataset
+    bare = Dataset.from_list([{"input_ids": ids, "attention_mask": [1] * len(ids)}])
+    assert rating_samples(bare, tokenizer=tokenizer) == [RatingSample(None, "Name a prime. Seven.")]
+    with pytest.raises(RowFormatError, match="Row 0: completion_mask has 1 entries for"):
+        rating_samples(Dataset.from_list([{"input_ids": ids, "completion_mask": [1]}]), tokenizer=tokenizer)
+
+
+def test_tool_calls_are_rated_as_their_json():
+    call = {"type": "function", "function": {"name": "start_timer", "arguments": {"duration": 600}}}
+    turns = [{"role": "user", "content": "Set a timer."}, {"role": "assistant", "tool_calls": [call]},
+             {"role": "tool", "name": "start_timer", "content": "600"}, {"role": "assistant", "content": "Done."}]
+    # Through Arrow every turn carries every key, the missing ones None, as in TRL's toolcall dataset.
+    dataset = Dataset.from_list([{"messages": turns, "tools": ["start_timer"]}, {"messages": turns[:2], "tools": []}])
+    first, second = rating_samples(dataset)
+    assert first.response == "Done."
+    assert first.instruction.split("\n\n")[1] == "Assistant: " + json.dumps(call)
+    assert second == RatingSample("Set a timer.", json.dumps(call))
+    assert training_dataset(dataset, conversational=True) is dataset
 
 
 def test_prompt_completion_turns_become_text_without_a_chat_template():
