@@ -317,6 +317,16 @@ class SelectiveSFTTrainer(SFTTrainer):
             rows = _fingerprinting(train_dataset, self._row_fingerprints)
         self.rating_samples = formats.rating_samples(
             rows, fmt, text_field=text_field, tokenizer=tokenizer, formatting_func=formatting_func)
+        if self._row_fingerprints is not None:
+            # The kept rows are read in a second pass: a source that gives nothing more (a one-shot iterator
+            # behind a generator) is refused now, from its first row, rather than found empty in train().
+            first = next(iter(train_dataset), None)
+            if first is None or _row_fingerprint(first) != self._row_fingerprints[0]:
+                raise DatasetError(
+                    "The iterable train_dataset cannot be iterated twice: after the pass that rated its rows, reading "
+                    "it again gave " + ("nothing" if first is None else "another first row") + ". Selection reads "
+                    "the kept rows in a second pass: pass a dataset that can be read again, or load it into a Dataset."
+                )
         self._check_selection_inputs(args, processing_class)
         # A chat_template_path gives the tokenizer its template inside SFTTrainer.__init__, after this point.
         conversational = bool(getattr(tokenizer, "chat_template", None)) or args.chat_template_path is not None

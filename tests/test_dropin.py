@@ -205,6 +205,14 @@ def test_an_iterable_dataset_must_give_the_same_rows_on_its_second_pass(tiny_lla
     with pytest.raises(DatasetError, match="gave another row at position"):
         trainer.train()
 
+    once = iter(rows)  # a one-shot source: the second pass finds it exhausted
+
+    def one_shot():
+        yield from once
+
+    with pytest.raises(DatasetError, match="cannot be iterated twice: .* reading it again gave nothing"):
+        SelectiveSFTTrainer(tiny_llama, cpu_config(tmp_path / "once"), train_dataset=IterableDataset.from_generator(one_shot))
+
 
 def test_tool_call_conversations_select_and_train_with_their_tools(tiny_llama, tokenizer, tmp_path, prepared):
     rows = []
