@@ -59,6 +59,7 @@ TRAINED_AS_GIVEN = ("messages", "prompt_completion", "tokenized", "text", FORMAT
 # column first; the rating formats come next, and a plain text column last.
 _DETECTION_ORDER = ("tokenized", "alpaca", "instruction_output", "messages", "prompt_completion", "sharegpt",
                     "translation", "text")
+_NO_ROWS = "The training dataset has no rows: check dataset_name and dataset_train_split."
 # The columns a pre-tokenized row may mark its trained tokens with, in the order they are looked for.
 _MASK_COLUMNS = ("completion_mask", "assistant_masks", "labels")
 
@@ -317,10 +318,10 @@ def resolve_format(dataset: Dataset | IterableDataset, fmt: str | None, text_fie
     those) or a format is named, which then says how the rows are rated while TRL still formats them.
     """
     if isinstance(dataset, Dataset) and len(dataset) == 0:
-        raise DatasetError("The training dataset has no rows: check dataset_name and dataset_train_split.")
+        raise DatasetError(_NO_ROWS)
     columns = column_names(dataset)
     if not columns:
-        raise DatasetError("The training dataset has no rows: check dataset_name and dataset_train_split.")
+        raise DatasetError(_NO_ROWS)
     if fmt is None:
         if formatting_func is not None and "input_ids" not in columns:
             return FORMATTED
@@ -347,7 +348,7 @@ def rating_samples(dataset: Dataset | Iterable[dict], fmt: str | None = None, *,
         else:
             samples.append(rating_sample(row, fmt, i, text_field, tokenizer))
     if not samples:
-        raise DatasetError("The training dataset has no rows: check dataset_name and dataset_train_split.")
+        raise DatasetError(_NO_ROWS)
     return samples
 
 
@@ -372,15 +373,17 @@ def training_dataset(dataset: Dataset | IterableDataset, conversational: bool, f
       completion.
     """
     fmt = fmt or resolve_format(dataset, None, text_field)
-    columns = column_names(dataset)
-    first = next(iter(dataset))
+    # Only these need the first row or the columns: a shape returned unchanged reads nothing (a peek at a stream
+    # opens it again).
     if fmt in ("messages", "prompt_completion") and not conversational:
-        turns = _is_conversational(first["messages"] if fmt == "messages" else first["prompt"])
-        if turns:
+        first = next(iter(dataset))
+        if _is_conversational(first["messages"] if fmt == "messages" else first["prompt"]):
             consumed = ["messages"] if fmt == "messages" else ["prompt", "completion"]
-            return _converted(dataset, columns, consumed, lambda row, i: training_row(rating_sample(row, fmt, i), False))
+            return _converted(dataset, column_names(dataset), consumed,
+                              lambda row, i: training_row(rating_sample(row, fmt, i), False))
     if fmt in TRAINED_AS_GIVEN:
         return dataset
+    columns = column_names(dataset)
     if fmt == "sharegpt":
         if conversational:
             return _converted(dataset, columns, ["conversations"],

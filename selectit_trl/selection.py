@@ -28,7 +28,7 @@ from . import (
 )
 from .errors import RowFormatError, SelectionConfigError, StoredSelectionMismatch
 from .measuring import Difficulty, Measured, Measurer, Rater, Ratings
-from .prompts import RatingSample, load_prompts, token_counts
+from .prompts import DIFFICULTY_KINDS, RatingSample, load_prompts, token_counts
 
 logger = logging.getLogger(__name__)
 
@@ -80,9 +80,9 @@ def check_keeps_rows(num_samples: int, config) -> None:
 
 def check_instructions(samples: Sequence[RatingSample], config) -> None:
     """IFD and reverse IFD compare a response read with and without its instruction: whole texts have none."""
-    needing = [name for name in strategies.parse_strategy(config.selection_strategy) if name in ("ifd", "rifd")]
+    needing = [name for name in strategies.parse_strategy(config.selection_strategy) if name in DIFFICULTY_KINDS]
     if needing and any(s.is_text for s in samples):
-        usable = ", ".join(name for name in strategies.STRATEGIES if name not in ("ifd", "rifd"))
+        usable = ", ".join(name for name in strategies.STRATEGIES if name not in DIFFICULTY_KINDS)
         raise SelectionConfigError(
             f"selection_strategy uses {' and '.join(needing)}, which need an instruction for each response, and this "
             f"dataset's rows are whole texts (a text column, a formatting_func's output, or token ids with no mask). "
