@@ -36,9 +36,16 @@ def command(tmp_path, data, out):
     return [sys.executable, "-m", "selectit_trl.cli", "score", "--config", str(path)]
 
 
+def _interruptible():
+    # A run started in the background by a non-interactive shell (`cmd &`, nohup) inherits SIGINT ignored, and
+    # Python then rightly leaves it ignored. The run under test is the foreground one a user stops with Ctrl-C.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start(args):
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-    return subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_interruptible)
 
 
 def finish(args) -> subprocess.CompletedProcess:
