@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import errno
 import gc
+import os
+import signal
 import sys
 
-from .errors import DatasetError, SelectionConfigError, SelectITError
+from .errors import PeerProcessFailed, SelectionConfigError, SelectITError
 
 USAGE = """usage: selectit-trl {score,train,probe,report} ...
 
@@ -51,8 +54,13 @@ def parse_args(argv: list[str]):
         raise
 
 
-def build_trainer(script_args, training_args, model_args, data_args=None):
-    """The trainer exactly as a recipe describes it: model, quantisation, LoRA and data."""
+def build_trainer(script_args, training_args, model_args, data_args=None, scoring_only: bool = False):
+    """The trainer exactly as a recipe describes it: model, quantisation, LoRA and data.
+
+    With `scoring_only` (`score`, `probe`), a quantized model without `use_peft` gets the default LoRA adapter:
+    transformers refuses a quantized model without adapters in any Trainer, and scoring runs with adapters off,
+    so the scores are the base model's either way.
+    """
     from trl import get_peft_config, get_quantization_config
 
     from . import hardware
@@ -67,6 +75,7 @@ def build_trainer(script_args, training_args, model_args, data_args=None):
     else:
         quantization = get_quantization_config(model_args)
 
+    quantized = model_args.load_in_4bit or model_args.load_in_8bit
     training_args.model_init_kwargs = {
         "revision": model_args.model_revision,
         "trust_remote_code": training_args.trust_remote_code,
@@ -86,7 +95,8 @@ def build_trainer(script_args, training_args, model_args, data_args=None):
         train_dataset=train,
         eval_dataset=held_out,
         quantization_config=quantization,
-        peft_config=get_peft_config(model_args),
+        peft_config=get_peft_config(model_args) or (get_peft_config(dataclasses.replace(model_args, use_peft=True))
+                                                     if scoring_only and quantized else None),
     )
 
 
@@ -121,10 +131,14 @@ def _print_probe(result: dict, output_dir) -> None:
     print(f"Per-pair scores: {selection_dir(output_dir) / PROBE_FILE}")
 
 
-def run(command: str, argv: list[str]) -> int:
+def run(command: str, argv: list[str], state: dict | None = None) -> int:
     _show_progress_messages()
     script_args, training_args, model_args, data_args = parse_args(argv)
-    _run_command(command, build_trainer(script_args, training_args, model_args, data_args), training_args)
+    if state is not None:
+        state["output_dir"] = training_args.output_dir  # where the processes of a launch leave failure notes
+    trainer = build_trainer(script_args, training_args, model_args, data_args, scoring_only=command != "train")
+    _run_command(command, trainer, training_args)
+    del trainer
     # Only after success: after a failure the other processes may still be inside a collective.
     leave_process_group()
     return 0
@@ -170,28 +184,90 @@ def _run_command(command: str, trainer, training_args) -> None:
             print(f"Adapter and model card: {training_args.output_dir}")
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler's stop, `kill`, a launcher stopping the other processes), raised where the run is, so
+    that it stops as on Ctrl-C: the batch being written finishes or is not started, and what is saved is said."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated()
+
+
+# OS errors that describe the machine, not a bug: a full disk, a quota, a file-size limit, a read-only or
+# forbidden folder. They get one line; any other exception keeps its traceback.
+_MACHINE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM}
+
+
+def _one_line(error: BaseException) -> tuple[int, str] | None:
+    """(exit status, what to print after `selectit-trl COMMAND: `) for a failure the user can act on, or None."""
+    if isinstance(error, Terminated):
+        return 128 + signal.SIGTERM, "terminated (SIGTERM)."
+    if isinstance(error, KeyboardInterrupt):
+        return 128 + signal.SIGINT, "interrupted."
+    if isinstance(error, (SelectITError, ValueError, FileNotFoundError)):  # ValueError covers JSON errors
+        return 1, f"error: {error}"
+    if isinstance(error, OSError) and error.errno in _MACHINE_ERRNOS:
+        where = f" ({error.filename})" if error.filename else ""
+        return 1, (f"error: {error.strerror or error}{where}. Everything stored before it is kept: free some space or "
+                   "fix the folder's permissions, then run the same command again to resume.")
+    from datasets.exceptions import DatasetGenerationError
+    from pyarrow import ArrowException
+
+    if isinstance(error, (DatasetGenerationError, ArrowException)):
+        reason = error.__cause__ if isinstance(error, DatasetGenerationError) and error.__cause__ else error
+        return 1, f"error: the dataset cannot be read: {' '.join(str(reason).split())}"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE, end="")
         return 0 if argv else 2
     command, rest = argv[0], argv[1:]
+    if command not in ("score", "train", "probe", "report"):
+        print(f"selectit-trl: unknown command {command!r}.\n\n{USAGE}", end="", file=sys.stderr)
+        return 2
+    signal.signal(signal.SIGTERM, _raise_terminated)
+    run_state: dict = {}
     try:
         if command == "report":
             from .report import main as report_main
 
             return report_main(rest)
-        if command in ("score", "train", "probe"):
-            return run(command, rest)
-    except (SelectITError, ValueError, FileNotFoundError) as error:
-        # A user's mistake: one line that says what to fix, not a traceback.
-        print(f"selectit-trl {command}: error: {error}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(f"selectit-trl {command}: interrupted.", file=sys.stderr)
-        return 130
-    print(f"selectit-trl: unknown command {command!r}.\n\n{USAGE}", end="", file=sys.stderr)
-    return 2
+        return run(command, rest, run_state)
+    except BaseException as error:
+        return _fail(command, error, run_state.get("output_dir"))
+
+
+def _fail(command: str, error: BaseException, output_dir) -> int:
+    """Print one line for `error` and return the exit status; re-raise a bug, with its traceback.
+
+    Under accelerate, a process that fails leaves a note for the others (`processes.note_failure`), and a process
+    stopped because another failed says which one and why. Such a process then exits at once: a collective still
+    pending could otherwise hold its shutdown until the process-group timeout.
+    """
+    from . import processes
+
+    rank, size = processes.world()
+    outcome = _one_line(error)
+    peer = processes.peer_failure(output_dir) if size > 1 and not isinstance(error, PeerProcessFailed) else None
+    if size > 1 and peer is None and (outcome is None or isinstance(error, Terminated)):
+        peer = processes.failure_soon(output_dir, seconds=1.0)  # the launcher stops us as the failed one exits
+    if peer is not None:
+        outcome = (1, f"error: {processes.stop_message(peer)}")
+    elif size > 1 and not isinstance(error, PeerProcessFailed):
+        processes.note_failure(output_dir, outcome[1].removeprefix("error: ") if outcome
+                               else f"{type(error).__name__}: {error}")
+    if outcome is None:
+        raise error
+    status, line = outcome
+    print(f"selectit-trl {command}{f' (process {rank})' if size > 1 else ''}: {line}", file=sys.stderr)
+    if size > 1:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+    return status
 
 
 if __name__ == "__main__":

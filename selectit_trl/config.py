@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, fields
 
 from trl import SFTConfig
@@ -230,6 +231,13 @@ class SelectiveSFTConfig(SFTConfig):
             checks.append(
                 (len(self.selection_model_weights) == models,
                  f"selection_model_weights needs {models} values, one for the tuned model and one per peer")
+            )
+            weights = self.selection_model_weights
+            checks.append(
+                (all(isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w) and w >= 0
+                     for w in weights) and sum(weights) > 0,
+                 f"selection_model_weights must be finite and >= 0, not all zero, got {list(weights)}: each is a "
+                 "model's share of the combined score")
             )
         for ok, message in checks:
             if not ok:

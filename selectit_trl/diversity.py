@@ -23,15 +23,13 @@ import importlib.util
 import json
 import logging
 import math
-import os
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from .errors import SelectionConfigError
-from .store import selection_dir
+from .store import atomic_write, selection_dir
 
 logger = logging.getLogger(__name__)
 
@@ -106,11 +104,7 @@ def embeddings_for(samples, config, output_dir, write: bool, barrier: Callable[[
     path = selection_dir(output_dir) / EMBEDDINGS_DIR / f"{key}.npy"
     if write and not path.is_file():
         vectors = embed(texts, model, progress=progress)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npy")
-        with os.fdopen(fd, "wb") as handle:
-            np.save(handle, vectors)
-        os.replace(tmp, path)
+        atomic_write(path, lambda handle: np.save(handle, vectors))
     barrier()
     if path.is_file():
         return np.load(path)

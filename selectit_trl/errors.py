@@ -47,3 +47,23 @@ class NonFiniteScoresError(SelectITError, RuntimeError):
 
 class ScoringOutOfMemory(SelectITError, RuntimeError):
     """Scoring ran out of accelerator memory even one sample at a time."""
+
+
+class StoreWriteError(SelectITError, OSError):
+    """The score store could not be written (no space left, a quota, a read-only folder); what was stored is kept."""
+
+    def __init__(self, message: str, errno: int | None = None):
+        super().__init__(message)
+        self.errno = errno
+
+
+class OutputDirError(SelectITError, OSError):
+    """`output_dir` cannot be created or written; checked before any model loads."""
+
+
+class PeerProcessFailed(SelectITError, RuntimeError):
+    """Under accelerate, another process failed; this one stops too instead of waiting for it at a barrier."""
+
+
+class SelectionFilesError(SelectITError, ValueError):
+    """A file of a finished selection (`scores.jsonl`) is missing or damaged; the message says how to rebuild it."""

@@ -346,10 +346,34 @@ def rating_samples(dataset: Dataset | Iterable[dict], fmt: str | None = None, *,
         if fmt == FORMATTED:
             samples.append(RatingSample(None, _require_text(formatting_func(row), "formatting_func's output", i)))
         else:
-            samples.append(rating_sample(row, fmt, i, text_field, tokenizer))
+            try:
+                samples.append(rating_sample(row, fmt, i, text_field, tokenizer))
+            except RowFormatError as error:
+                raise _mixed_formats_error(row, fmt, i, text_field) or error from None
     if not samples:
         raise DatasetError(_NO_ROWS)
     return samples
+
+
+def _mixed_formats_error(row, fmt: str, index: int, text_field: str) -> RowFormatError | None:
+    """The error for a row that fails because it is in another format than the dataset's columns say, or None.
+
+    A file that mixes formats (alpaca rows, then messages rows) loads as one table with the union of the columns,
+    the other format's cells null: its first row of the second kind fails as "instruction is missing".
+    """
+    if not isinstance(row, dict):
+        return None
+    filled = [column for column, value in row.items() if value is not None]
+    try:
+        own = detect_format(filled, text_field)
+    except DatasetError:
+        return None
+    if own == fmt or {own, fmt} == {"alpaca", "instruction_output"}:
+        return None
+    return RowFormatError(
+        f"Row {index} is a {own} row (its filled columns: {sorted(filled)}), but the dataset was read as {fmt}: its "
+        f"rows are in two formats. Convert them to one format, or split them into one dataset per format."
+    )
 
 
 def _is_conversational(value) -> bool:

@@ -25,6 +25,8 @@ from datasets import (
     load_dataset,
 )
 
+from datasets.exceptions import DatasetGenerationError
+from pyarrow import ArrowException
 from trl import DatasetMixtureConfig, get_dataset
 
 from .errors import DatasetError
@@ -134,11 +136,16 @@ def load_datasets(script_args, data_args: DataArguments | None = None, with_eval
             name = demo_dataset_path()
         if not os.path.isfile(name):
             raise DatasetError(f"dataset_name {name!r} looks like a local file, but it does not exist.")
-        builder, options = local_file_builder(name)
-        return load_dataset(builder, data_files=name, split="train", streaming=_streaming(script_args), **options), None
+        return read_local_file(name, streaming=_streaming(script_args)), None
     else:
         def load(split):
-            return load_dataset(name, name=script_args.dataset_config, split=split, streaming=_streaming(script_args))
+            try:
+                return load_dataset(name, name=script_args.dataset_config, split=split, streaming=_streaming(script_args))
+            except ValueError as error:
+                if "corresponds to no data" in str(error):  # datasets' words for a split with no rows
+                    raise DatasetError(f"Dataset {name!r} has no rows in its {split!r} split: the training dataset is "
+                                       "empty. Check dataset_name, dataset_config and the split.") from None
+                raise
     return load(script_args.dataset_train_split), load(script_args.dataset_test_split) if with_eval else None
 
 
@@ -178,6 +185,35 @@ def local_file_builder(name: str) -> tuple[str, dict]:
         f"dataset_name {name!r} is a local file of a type that is not read ({extension}). Local files are read by "
         f"extension: {', '.join(LOCAL_FILE_BUILDERS)}, each possibly compressed ({', '.join(_COMPRESSION_EXTENSIONS)})."
     )
+
+
+def read_local_file(name: str, streaming: bool = False) -> Dataset | IterableDataset:
+    """The rows of one local data file, read by `datasets` with the builder its extension names.
+
+    A file that cannot be parsed is one `DatasetError` naming the file and the parser's own reason (which line,
+    which field), instead of `datasets`' chained `DatasetGenerationError`. A streamed file is parsed only as it
+    is read: its errors come while the rows are rated, and the CLI reports them in one line too.
+    """
+    builder, options = local_file_builder(name)
+    if os.path.getsize(name) == 0:
+        raise DatasetError(f"dataset_name {name!r} is an empty file: the training dataset has no rows.")
+    try:
+        return load_dataset(builder, data_files=name, split="train", streaming=streaming, **options)
+    except ValueError as error:
+        if "corresponds to no data" in str(error):  # datasets' words for a split with no rows ([], blank lines)
+            raise DatasetError(f"dataset_name {name!r} holds no rows: the training dataset is empty.") from None
+        raise unreadable_file_error(name, builder, error) from None
+    except (DatasetGenerationError, ArrowException, StopIteration) as error:
+        raise unreadable_file_error(name, builder, error) from None
+
+
+def unreadable_file_error(name: str, builder: str, error: BaseException) -> DatasetError:
+    """`error` from parsing a local data file, as one line: the file, its type, the parser's reason, the fix."""
+    reason = error.__cause__ if isinstance(error, DatasetGenerationError) and error.__cause__ else error
+    detail = " ".join(str(reason).split()).rstrip(".") or type(reason).__name__
+    kind = {"json": "JSON or JSON lines", "csv": "CSV", "parquet": "Parquet", "arrow": "Arrow", "text": "text"}[builder]
+    return DatasetError(f"dataset_name {name!r} cannot be read as {kind}: {detail}. Fix the file, or convert it to "
+                        "JSON lines (one object per line).")
 
 
 def _names_a_file(name: str) -> bool:
@@ -220,7 +256,7 @@ def _load_pair(location: str, pair_names: list[str], split: str) -> Dataset:
             raise DatasetError(f"Several files under {location!r} could hold the {pair_names[0]} rows: {listed}. "
                              "Point dataset_name at a folder that holds one.")
         if candidates:
-            return load_dataset("json", data_files=str(candidates[0]), split="train")
+            return read_local_file(str(candidates[0]))
         if not (root / "README.md").is_file():
             # Not a dataset repository either (those declare their configurations in README.md).
             wanted = " or ".join(f"{split}.{pair}.json[l]" for pair in pair_names)

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from . import probability_store
-from .errors import NonFiniteScoresError, StoredSelectionMismatch
+from .errors import NonFiniteScoresError, StoredSelectionMismatch, StoreWriteError
 from .losses import fit_target_requests, iter_loss_batches
 from .models import compiled_blocks
 from .progress import ScoringProgress
@@ -374,6 +374,15 @@ class Measurer:
                 "unchanged.",
                 sample_index=row,
             ) from None
+        except OSError as error:  # a full disk, a quota, a folder made read-only: the store holds every whole batch
+            store = probability_store.store_dir(output_dir)
+            raise StoreWriteError(
+                f"Measuring {measure.kind} with {rater.model_id} stopped: cannot write {error.filename or store} "
+                f"({error.strerror or error}). {written} sample(s) of this run are safely stored in {store}, with "
+                f"{int(have.sum())} stored before, and no line is left torn. Free some space (or make the folder "
+                "writable) and run the same command again: it resumes from them.",
+                error.errno,
+            ) from error
         except KeyboardInterrupt:
             logger.warning(
                 "Measuring %s with %s stopped: %d sample(s) of this run are saved in %s, with %d stored before. Run "

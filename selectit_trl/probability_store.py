@@ -43,6 +43,7 @@ of them, stay as they were.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import logging
@@ -227,7 +228,9 @@ class StoreWriter:
         self.path = folder / f"rank{rank}.jsonl"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         created = not self.path.exists()
-        self._handle = open(self.path, "ab")
+        # Unbuffered: a write that fails (a full disk) must leave no bytes behind in a buffer, to be flushed as a
+        # torn line when the file closes.
+        self._handle = open(self.path, "ab", buffering=0)
         try:
             # One writer per file: a second job scoring into the same output_dir would interleave with this one.
             fcntl.flock(self._handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -265,13 +268,27 @@ class StoreWriter:
             logger.warning("Cut a torn last line (%d bytes) off %s, left by an interrupted run.", size - keep, self.path)
 
     def append(self, records: Iterable[dict]) -> None:
-        """Write a batch's records in one write, then flush and fsync: once this returns, they survive a crash."""
+        """Write a batch's records, then fsync: once this returns, they survive a crash.
+
+        A write that fails part way (no space left, a quota, a file-size limit) is cut back to where the batch
+        began before the error is raised, so the file still ends with a whole line and holds every earlier batch.
+        """
         payload = b"".join(json.dumps(r, ensure_ascii=False).encode("utf-8") + b"\n" for r in records)
         if not payload:
             return
-        self._handle.write(payload)
-        self._handle.flush()
-        os.fsync(self._handle.fileno())
+        descriptor = self._handle.fileno()
+        start = os.lseek(descriptor, 0, os.SEEK_END)
+        disk = os.fstatvfs(descriptor)
+        if disk.f_bavail * disk.f_frsize < len(payload):  # stop before writing, rather than cut a line back after
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.path))
+        try:
+            view = memoryview(payload)
+            while view:  # os.write may write less than asked, as a disk fills
+                view = view[os.write(descriptor, view):]
+            os.fsync(descriptor)
+        except BaseException:  # also Ctrl-C or SIGTERM between two partial writes: the batch is not counted as saved
+            os.ftruncate(descriptor, start)
+            raise
 
     def close(self) -> None:
         self._handle.close()  # also releases the lock

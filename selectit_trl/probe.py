@@ -12,6 +12,7 @@ the clean rows are not scored again by the main run.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -20,6 +21,16 @@ from sklearn.metrics import roc_auc_score
 from .prompts import RatingSample
 
 PROBE_FILE = "probe.json"
+# Below this many pairs of each kind the probe warns that its AUROC says little. With n clean and n mismatched
+# pairs, an AUROC near 0.5 has a standard error of about sqrt((2n + 1) / (12 n^2)) (Hanley and McNeil, 1982): 0.25
+# at 3 pairs, where any value from chance to perfect is within reach, and 0.058 at 50, where a 95% interval of
+# +/-0.11 still tells a useful scorer (0.7 and up) from chance.
+MIN_PAIRS = 50
+
+
+def auroc_uncertainty(pairs: int) -> float:
+    """Half the width of a 95% interval around an AUROC of 0.5 from `pairs` clean and as many mismatched pairs."""
+    return 1.96 * math.sqrt((2 * pairs + 1) / (12 * pairs * pairs))
 
 
 def probe_rows(samples: Sequence[RatingSample], eligible: Sequence[bool], size: int, seed: int) -> list[int]:

@@ -13,7 +13,9 @@ Everything here returns token ids: the scorer never sees text, and the rendering
 
 from __future__ import annotations
 
+import difflib
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -23,6 +25,7 @@ from jinja2.exceptions import TemplateError
 from .errors import SelectionConfigError
 from .losses import TargetRequests
 from .scoring import SampleRequests
+from .text import is_blank
 
 LAYOUTS = ("sample_first", "prompt_first")
 
@@ -104,10 +107,10 @@ def load_prompts(
         if not os.path.isfile(prompts_file):
             raise SelectionConfigError(f"selection_prompts_file {str(prompts_file)!r} does not exist.")
         with open(prompts_file, encoding="utf-8") as handle:
-            candidates = [line for line in handle.readlines() if line.strip()]
+            candidates = [line for line in handle.readlines() if not is_blank(line)]
         source = f"prompt file {str(prompts_file)!r}"
     elif prompts is not None:
-        candidates = [p for p in prompts if isinstance(p, str) and p.strip()]
+        candidates = [p for p in prompts if isinstance(p, str) and not is_blank(p)]
         if len(candidates) != len(prompts):
             raise SelectionConfigError("selection_prompts must be a list of non-empty strings.")
         source = "selection_prompts"
@@ -126,11 +129,43 @@ def load_prompts(
             f"lower selection_num_prompts or add prompts."
         )
 
+    for text in (preamble or "", *candidates[:num_prompts]):
+        _check_placeholders(text, source)
+
     def fill(text: str) -> str:
         # Plain replacement rather than str.format, so that braces in a user's prompt are left alone.
         return text.replace("{score_max}", str(score_max))
 
     return RatingPrompts(tuple(fill(p) for p in candidates[:num_prompts]), fill((preamble or "").strip()))
+
+
+# The names a rating prompt may hold in braces. Plain replacement fills them, so "{...}" around anything that is
+# not a name (a JSON example) is left as written; a name that is not here is a misspelling, caught before scoring.
+PLACEHOLDERS = ("score_max",)
+_PLACEHOLDER = re.compile(r"\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}")
+
+
+def _check_placeholders(text: str, source: str) -> None:
+    for name in _PLACEHOLDER.findall(text):
+        if name not in PLACEHOLDERS:
+            close = difflib.get_close_matches(name, PLACEHOLDERS, n=1, cutoff=0.5)
+            hint = f" (did you mean {{{close[0]}}}?)" if close else ""
+            raise SelectionConfigError(
+                f"The rating prompt {_quoted(text)} in {source} holds the unknown placeholder {{{name}}}{hint}. The "
+                f"placeholders are {', '.join('{' + p + '}' for p in PLACEHOLDERS)}, the top of the rating scale."
+            )
+
+
+def _quoted(text: str, limit: int = 60) -> str:
+    text = " ".join(text.split())
+    return repr(text if len(text) <= limit else text[: limit - 3] + "...")
+
+
+def prompts_without_scale(prompts: RatingPrompts, score_max: int) -> list[str]:
+    """The complete rating prompts that never name the top of the scale (S as a number). The model then rates on a
+    scale of its own guess, and its probabilities over 1..S say little."""
+    top = re.compile(rf"(?<![0-9]){score_max}(?![0-9])")
+    return [prompt for prompt in prompts.whole() if not top.search(prompt)]
 
 
 def render_prompt_first(sample: RatingSample, prompt_line: str) -> str:

@@ -36,6 +36,7 @@ from .measuring import Difficulty, Measurer, Rater, free_memory, pad_id
 from .progress import ScoringProgress
 from .prompts import RatingSample, turn_texts
 from .scoring import _input_device, _left_pad
+from .text import is_blank
 
 logger = logging.getLogger(__name__)
 
@@ -207,7 +208,7 @@ def recycle(samples: Sequence[RatingSample], teacher: Rater, measurer: Measurer,
         answers = texts.texts(new_instructions, "Answering the new instructions")
         rewritten = [RatingSample(q, a) for q, a in zip(new_instructions, answers)]
         # A rewrite the student could not judge (an empty text, a blank instruction) keeps the original.
-        usable = np.array([bool(s.instruction.strip() and s.response.strip()) for s in rewritten], dtype=bool)
+        usable = np.array([not (is_blank(s.instruction) or is_blank(s.response)) for s in rewritten], dtype=bool)
         ifd = Difficulty("ifd", config)
         before = strategies.ifd(_losses(measurer, ifd, original, label="Recycling, originals: ", counts=computed))
         after = strategies.ifd(_losses(measurer, ifd, rewritten, label="Recycling, rewrites: ", counts=computed))
@@ -219,7 +220,7 @@ def recycle(samples: Sequence[RatingSample], teacher: Rater, measurer: Measurer,
             "Rewriting responses")
         texts.release()  # its last texts are written: the student's r-IFD passes run without it
         candidates = [RatingSample(s.instruction, a) for s, a in zip(current, new_responses)]
-        usable = np.array([bool(a.strip()) for a in new_responses], dtype=bool)
+        usable = np.array([not is_blank(a) for a in new_responses], dtype=bool)
         rifd = Difficulty("rifd", config)
         before = strategies.rifd(_losses(measurer, rifd, current, label="Recycling, kept pairs: ", counts=computed))
         after = strategies.rifd(_losses(measurer, rifd, candidates, label="Recycling, new responses: ", counts=computed))

@@ -24,6 +24,7 @@ import numpy as np
 from scipy.stats import rankdata
 
 from . import store
+from .errors import SelectionFilesError
 
 REPORT_FILE = "report.md"
 PLOT_DPI = 100
@@ -77,17 +78,28 @@ def read_score_files(output_dir) -> ScoreFiles:
     sentence = {m: [] for m in models}
     token = {m: [] for m in models}
     top = {m: [] for m in models}
-    for record in store.iter_scores(output_dir):  # streamed: the records of 50k rows are ~75 MB of JSON
-        scores.append(record["score"])
-        selected.append(record["selected"])
-        chars.append(record.get("response_chars"))
-        for name in names:
-            values[name].append(record.get("strategy_scores", {}).get(name, record["score"]))
-        for m in models:
-            sentence[m].append(record["sentence_scores"][m])
-            token[m].append(record["token_scores"][m])
-            # argmax takes the first maximum, i.e. the lowest rating on ties, as the token score does.
-            top[m].append(np.argmax(record["probs"][m], axis=-1) + 1)
+    scores_file = store.selection_dir(output_dir) / store.SCORES_FILE
+    for number, record in enumerate(store.iter_scores(output_dir), start=1):  # streamed: 50k rows are ~75 MB of JSON
+        try:
+            scores.append(record["score"])
+            selected.append(record["selected"])
+            chars.append(record.get("response_chars"))
+            for name in names:
+                values[name].append(record.get("strategy_scores", {}).get(name, record["score"]))
+            for m in models:
+                sentence[m].append(record["sentence_scores"][m])
+                token[m].append(record["token_scores"][m])
+                # argmax takes the first maximum, i.e. the lowest rating on ties, as the token score does.
+                top[m].append(np.argmax(record["probs"][m], axis=-1) + 1)
+        except (KeyError, TypeError, IndexError, AttributeError):
+            raise SelectionFilesError(
+                f"{scores_file}: record {number} lacks a field the report reads (edited, or from another run). "
+                f"{store.REBUILD_SCORES}") from None
+    total = summary.get("counts", {}).get("total", len(scores))
+    if len(scores) != total:
+        raise SelectionFilesError(
+            f"{scores_file} holds {len(scores)} records, and summary.json counts {total} rows: the file was cut short "
+            f"or edited. {store.REBUILD_SCORES}")
     return ScoreFiles(
         summary=summary,
         scores=np.asarray(scores, dtype=np.float64),

@@ -26,9 +26,10 @@ from . import (
     store,
     strategies,
 )
-from .errors import RowFormatError, SelectionConfigError, StoredSelectionMismatch
+from .errors import DatasetError, RowFormatError, SelectionConfigError, StoredSelectionMismatch
 from .measuring import Difficulty, Measured, Measurer, Rater, Ratings
 from .prompts import DIFFICULTY_KINDS, RatingSample, load_prompts, token_counts
+from .text import is_blank
 
 logger = logging.getLogger(__name__)
 
@@ -79,7 +80,8 @@ def check_keeps_rows(num_samples: int, config) -> None:
 
 
 def check_instructions(samples: Sequence[RatingSample], config) -> None:
-    """IFD and reverse IFD compare a response read with and without its instruction: whole texts have none."""
+    """IFD and reverse IFD compare a response read with and without its instruction: whole texts have none, and
+    a dataset with no instruction at all would keep nothing."""
     needing = [name for name in strategies.parse_strategy(config.selection_strategy) if name in DIFFICULTY_KINDS]
     if needing and any(s.is_text for s in samples):
         usable = ", ".join(name for name in strategies.STRATEGIES if name not in DIFFICULTY_KINDS)
@@ -88,11 +90,23 @@ def check_instructions(samples: Sequence[RatingSample], config) -> None:
             f"dataset's rows are whole texts (a text column, a formatting_func's output, or token ids with no mask). "
             f"Use one of {usable}, or give rows with instructions (prompt/completion, messages, alpaca)."
         )
+    if needing and samples and all(is_blank(s.instruction) for s in samples):
+        raise DatasetError(
+            f"selection_strategy uses {' and '.join(needing)}, which never keeps a row with an empty instruction, and "
+            f"every one of the {len(samples)} rows has one. Fill in the instructions, or use selectit, length or random."
+        )
 
 
 def empty_responses(samples: Sequence[RatingSample], strict: bool) -> list[int]:
-    """Indices of the rows whose response is empty or blank: never kept, or an error with `strict`."""
-    empty = [i for i, s in enumerate(samples) if not s.response.strip()]
+    """Indices of the rows whose response is empty or blank: never kept, or an error with `strict`. A dataset whose
+    every response is empty is refused: nothing could be kept."""
+    empty = [i for i, s in enumerate(samples) if is_blank(s.response)]
+    if samples and len(empty) == len(samples):
+        raise DatasetError(
+            f"Every one of the {len(samples)} rows has an empty response (blank, or invisible characters only), so "
+            "no row can be kept or trained on. Check that the response column (output, completion, the assistant "
+            "turn) is the one filled in."
+        )
     if empty and strict:
         listed = ", ".join(map(str, empty[:10])) + (" ..." if len(empty) > 10 else "")
         raise RowFormatError(
@@ -173,7 +187,7 @@ class _Plan:
 
     def keepable(self, samples: Sequence[RatingSample]) -> np.ndarray:
         """Rows that may be kept whatever their scores: a response, and an instruction where the strategy needs one."""
-        return np.array([bool(s.response.strip()) and (bool((s.instruction or "").strip()) or not self.needs_instructions)
+        return np.array([not is_blank(s.response) and (not is_blank(s.instruction) or not self.needs_instructions)
                          for s in samples], dtype=bool)
 
     def models(self) -> list[Rater]:
@@ -316,7 +330,7 @@ def run_selection(
     scores, eligible = ranked.ranking, ranked.eligible
     barred = dict(ranked.barred)
     if plan.needs_instructions:
-        barred["empty_instruction"] = sum(not (s.instruction or "").strip() for s in samples)
+        barred["empty_instruction"] = sum(is_blank(s.instruction) for s in samples)
     wanted = reflection.num_to_keep(len(samples), config.selection_ratio, config.selection_max_samples)
     if int(eligible.sum()) < wanted:
         logger.warning(
@@ -436,11 +450,19 @@ def _probe(plan: _Plan, measurer: Measurer, samples: Sequence[RatingSample], emp
     eligible[list(empty)] = False
     rows = probe.probe_rows(samples, eligible, config.selection_probe_size, seed=config.seed)
     if len(rows) < 2:
-        message = "The signal probe needs at least two rows with different, non-empty responses."
+        message = (f"The signal probe needs at least two rows with different instructions and different, non-empty "
+                   f"responses, and this dataset has {len(rows)}: its rows repeat each other, or their responses are "
+                   "empty.")
         if required:
             raise SelectionConfigError(message)
-        logger.info("%s Skipping it.", message)
+        logger.warning("%s Skipping it (summary.json records probe: null).", message)
         return None, [], None
+    if len(rows) < probe.MIN_PAIRS:
+        logger.warning(
+            "The signal probe has only %d pair(s) of each kind, fewer than %d: its AUROC is uncertain by about +/-%.2f "
+            "(95%%), so read it as a rough sign only. Raise selection_probe_size, or give it more distinct rows.",
+            len(rows), probe.MIN_PAIRS, probe.auroc_uncertainty(len(rows)),
+        )
     pairs = [samples[i] for i in rows] + probe.mismatched_pairs(samples, rows)
     labels = np.array([1] * len(rows) + [0] * len(rows))
     try:

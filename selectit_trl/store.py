@@ -10,8 +10,11 @@ import json
 import logging
 import os
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import BinaryIO
+
+from .errors import OutputDirError, SelectionFilesError
 
 logger = logging.getLogger(__name__)
 
@@ -23,19 +26,51 @@ def selection_dir(output_dir: str | os.PathLike) -> Path:
     return Path(output_dir) / "selection"
 
 
-def _atomic_write(path: Path, lines: Iterable[str]) -> None:
+def check_writable(output_dir) -> None:
+    """Create `output_dir` if needed and prove a file can be made in it, before any model loads."""
+    path = Path(output_dir)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as error:
+        raise OutputDirError(
+            f"output_dir {str(path)!r} cannot be written ({error.strerror or error}). Choose another output_dir, or "
+            "make this one writable (its permissions, or a read-write mount)."
+        ) from None
+
+
+def _current_umask() -> int:
+    """The process's umask. os.umask can only be read by setting it, so it is set back at once."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write(path: Path, fill: Callable[[BinaryIO], None]) -> None:
+    """Write `path` through `fill` into a temporary file beside it, fsync it, and rename it into place."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            for line in lines:
-                handle.write(line)
+        # mkstemp makes the file private (0600); the output is the user's, readable as their umask says, like the
+        # adapter and every other file the run writes.
+        os.fchmod(fd, 0o666 & ~_current_umask())
+        with os.fdopen(fd, "wb") as handle:
+            fill(handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)
         raise
+
+
+def _atomic_write(path: Path, lines: Iterable[str]) -> None:
+    def fill(handle: BinaryIO) -> None:
+        for line in lines:
+            handle.write(line.encode("utf-8"))
+
+    atomic_write(path, fill)
 
 
 def write_json(path: Path, data: dict) -> None:
@@ -75,12 +110,33 @@ def read_summary(output_dir) -> dict | None:
     return summary
 
 
+# What to do about a missing or damaged scores.jsonl: it is a view of the store, rebuilt without a forward pass.
+REBUILD_SCORES = ("Run `selectit-trl score` again with the same recipe: it writes the file again from the score store "
+                  "in selection/store/, with no forward pass.")
+
+
 def iter_scores(output_dir) -> Iterator[dict]:
-    """The records of `scores.jsonl` one at a time, in dataset order, without holding them all."""
-    with open(selection_dir(output_dir) / SCORES_FILE, encoding="utf-8") as handle:
-        for line in handle:
-            if line.strip():
-                yield json.loads(line)
+    """The records of `scores.jsonl` one at a time, in dataset order, without holding them all.
+
+    A missing file, or a line that is not a JSON object, is a `SelectionFilesError` naming the file, the line and
+    how to rebuild it.
+    """
+    path = selection_dir(output_dir) / SCORES_FILE
+    try:
+        handle = open(path, "rb")
+    except FileNotFoundError:
+        raise SelectionFilesError(f"{path} is missing. {REBUILD_SCORES}") from None
+    with handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError:  # JSONDecodeError, or bytes that are not UTF-8
+                record = None
+            if not isinstance(record, dict):
+                raise SelectionFilesError(f"{path} is damaged at line {number} (cut short or edited). {REBUILD_SCORES}")
+            yield record
 
 
 def read_scores(output_dir) -> list[dict]:

@@ -10,7 +10,8 @@ import os
 from pathlib import Path
 
 import torch
-from datasets import Dataset, IterableDataset
+from datasets import Dataset, DatasetDict, IterableDataset, IterableDatasetDict
+from peft import PeftModel
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
@@ -24,7 +25,7 @@ from transformers.integrations import is_deepspeed_zero3_enabled
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 from trl import SFTTrainer
 
-from . import diversity, formats, hardware, strategies
+from . import diversity, formats, hardware, processes, store, strategies
 from .card import selection_metrics, write_card_section
 from .config import SelectiveSFTConfig
 from .errors import DatasetError, SelectionConfigError, StoredSelectionMismatch
@@ -38,7 +39,7 @@ from .models import (
     scoring_mode,
 )
 from .peers import PeerSpec
-from .prompts import score_token_ids
+from .prompts import prompts_without_scale, score_token_ids
 from .recycling import RECYCLABLE_FORMATS
 from .report import strategy_label
 from .scoring import cap_onednn_cache
@@ -192,6 +193,24 @@ def _kept_rows(pool: IterableDataset, kept: list[int], fingerprints: list[str]) 
     return pool.filter(keep, with_indices=True)
 
 
+def _check_quantized_model_has_adapters(model, quantization, peft_config) -> None:
+    """A quantized model trains only through adapters: transformers refuses it otherwise, after it has loaded."""
+    if peft_config is not None or isinstance(model, PeftModel):
+        return
+    if isinstance(model, str):
+        quantized = quantization is not None and bool(
+            getattr(quantization, "load_in_4bit", False) or getattr(quantization, "load_in_8bit", False)
+            or (isinstance(quantization, dict) and (quantization.get("load_in_4bit") or quantization.get("load_in_8bit"))))
+    else:
+        quantized = bool(getattr(model, "is_quantized", False))
+    if quantized:
+        raise SelectionConfigError(
+            "The model is quantized (load_in_4bit or load_in_8bit), and a quantized model trains only through LoRA "
+            "adapters: set use_peft: true (from Python, pass peft_config=LoraConfig(...)), or load it unquantized. "
+            "`selectit-trl score` alone needs neither."
+        )
+
+
 def _as_selective_config(args: TrainingArguments) -> SelectiveSFTConfig:
     """A `TrainingArguments` or `SFTConfig` as a SelectiveSFTConfig with the selection defaults, as SFTTrainer
     turns a `TrainingArguments` into an SFTConfig. The caller's object is read, never changed."""
@@ -278,6 +297,12 @@ class SelectiveSFTTrainer(SFTTrainer):
             args.model_init_kwargs = copy.copy(args.model_init_kwargs)
         if train_dataset is None:
             raise DatasetError("`train_dataset` is required: SelectiveSFTTrainer selects from its rows.")
+        if isinstance(train_dataset, (DatasetDict, IterableDatasetDict)):
+            raise DatasetError(
+                f"train_dataset is a {type(train_dataset).__name__} with the splits {list(train_dataset)}: pass one split, "
+                f"such as train_dataset[{next(iter(train_dataset), 'train')!r}]."
+            )
+        store.check_writable(args.output_dir)
         # Weights load from safetensors only, unless the user opts in to pickle files (checked here for local paths,
         # before anything loads; transformers refuses pickle-only hub repositories itself).
         allow_pickle = (args.model_init_kwargs or {}).get("use_safetensors") is False
@@ -291,6 +316,7 @@ class SelectiveSFTTrainer(SFTTrainer):
         else:
             compute = _four_bit_compute(getattr(model.config, "quantization_config", None))
             hardware.warn_if_emulated(compute or model.dtype, hardware.device_type(args), "The model being tuned")
+        _check_quantized_model_has_adapters(model, quantization, peft_config)
         others = [*args.peer_specs(), *filter(None, [args.teacher_spec()])]
         for source in ([model] if isinstance(model, str) else []) + [peer.model for peer in others]:
             check_model_source(source, allow_pickle)
@@ -388,7 +414,14 @@ class SelectiveSFTTrainer(SFTTrainer):
     def _check_selection_inputs(self, args: SelectiveSFTConfig, tokenizer) -> None:
         """Everything about the selection that can be wrong, checked before the model is loaded."""
         if "selectit" in strategies.parse_strategy(args.selection_strategy):
-            rating_prompts(args)
+            unscaled = prompts_without_scale(rating_prompts(args), args.selection_score_max)
+            if unscaled:
+                logger.warning(
+                    "%d of the %d rating prompts never name the scale's top (%d), for example %r. The model then guesses "
+                    "the scale, and its probabilities over 1..%d say less: write it in, as 'from 1 to {score_max}'.",
+                    len(unscaled), args.selection_num_prompts, args.selection_score_max, unscaled[0][:80],
+                    args.selection_score_max,
+                )
             score_token_ids(tokenizer, args.selection_score_max)
         if args.selection_diversity != "none":
             diversity.check_available(args)
@@ -454,7 +487,7 @@ class SelectiveSFTTrainer(SFTTrainer):
         """
         state = self.accelerator.state
         zero3 = is_deepspeed_zero3_enabled()  # see _select: no process can score alone under ZeRO-3
-        with scoring_mode(self.model):
+        with processes.failure_noted(self.args.output_dir), scoring_mode(self.model):
             try:
                 result = run_probe(
                     self.rating_samples,
@@ -464,7 +497,7 @@ class SelectiveSFTTrainer(SFTTrainer):
                     write=self.accelerator.is_main_process,
                     progress=self.accelerator.is_main_process and not self.args.disable_tqdm,
                     shard=(state.process_index, state.num_processes),
-                    barrier=self.accelerator.wait_for_everyone,
+                    barrier=processes.barrier(self.args.output_dir),
                     allow_scoring=not zero3,
                 )
             except StoredSelectionMismatch:
@@ -474,7 +507,7 @@ class SelectiveSFTTrainer(SFTTrainer):
                         "Run `selectit-trl probe` without ZeRO-3 (in one process or under DDP)."
                     ) from None
                 raise
-        self.accelerator.wait_for_everyone()
+        processes.barrier(self.args.output_dir)()
         return result
 
     def select(self) -> SelectionResult:
@@ -493,7 +526,7 @@ class SelectiveSFTTrainer(SFTTrainer):
         # ZeRO-3 splits every weight between the processes, so none of them can run a forward pass on its own
         # share of the batches: with it, the probabilities must already be in the store.
         zero3 = is_deepspeed_zero3_enabled()
-        with scoring_mode(self.model):
+        with processes.failure_noted(self.args.output_dir), scoring_mode(self.model):
             try:
                 self.selection_result = run_selection(
                     self.rating_samples,
@@ -506,7 +539,7 @@ class SelectiveSFTTrainer(SFTTrainer):
                     progress=main and not self.args.disable_tqdm,
                     dataset_format=self.dataset_format,
                     shard=(state.process_index, state.num_processes),
-                    barrier=self.accelerator.wait_for_everyone,
+                    barrier=processes.barrier(self.args.output_dir),
                     overwrite=self.args.selection_overwrite and not self._store_set_aside,
                     teacher=self._peer_rater(teacher) if (teacher := self.args.teacher_spec()) else None,
                 )
@@ -519,7 +552,7 @@ class SelectiveSFTTrainer(SFTTrainer):
                         "then train with ZeRO-3: the stored probabilities are reused and no forward pass runs."
                     ) from None
                 raise
-        self.accelerator.wait_for_everyone()  # the files are written before any process goes on
+        processes.barrier(self.args.output_dir)()  # the files are written before any process goes on
         result = self.selection_result
         logger.info("%s kept %d of %d samples (%s).", strategy_label(result.summary), len(result.selected_indices),
                     len(self.rating_samples), result.path)

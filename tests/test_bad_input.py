@@ -26,6 +26,15 @@ from selectit_trl.errors import SelectionConfigError
         ({"selection_max_batch_tokens": 0}, "selection_max_batch_tokens must be >= 1."),
         ({"selection_peer_models": ["a/b"], "selection_model_weights": [1.0]},
          "selection_model_weights needs 2 values, one for the tuned model and one per peer."),
+        ({"selection_model_weights": [-1.0]},
+         "selection_model_weights must be finite and >= 0, not all zero, got [-1.0]: each is a model's share of the "
+         "combined score."),
+        ({"selection_peer_models": ["a/b"], "selection_model_weights": [0.0, 0.0]},
+         "selection_model_weights must be finite and >= 0, not all zero, got [0.0, 0.0]: each is a model's share of "
+         "the combined score."),
+        ({"selection_model_weights": [float("nan")]},
+         "selection_model_weights must be finite and >= 0, not all zero, got [nan]: each is a model's share of the "
+         "combined score."),
     ],
 )
 def test_a_bad_selection_setting_is_refused_on_construction(setting, message, tmp_path):

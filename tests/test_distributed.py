@@ -163,3 +163,59 @@ def test_zero3_trains_on_stored_scores_and_explains_what_to_do_without_them(tiny
     again = SelectiveSFTTrainer(model=tiny_llama, args=cpu_config(tmp_path), train_dataset=dataset)
     again.train()
     assert again.selection_result.reused and again.selection_result.selected_indices == scored.selected_indices
+
+
+def _model_with_a_poisoned_token(source: str, target: Path, word: str) -> str:
+    """`source` with NaN in the input embedding of the last token of `word`, and the output layer untied from it, so
+    that only a sample holding that token gets NaN logits, in whichever process scores it."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    model = AutoModelForCausalLM.from_pretrained(source)
+    model.config.tie_word_embeddings = False
+    model.lm_head.weight = torch.nn.Parameter(model.get_input_embeddings().weight.detach().clone())
+    with torch.no_grad():
+        model.get_input_embeddings().weight[tokenizer(word, add_special_tokens=False).input_ids[-1]] = float("nan")
+    model.save_pretrained(target)
+    tokenizer.save_pretrained(target)
+    return str(target)
+
+
+def test_a_failing_process_stops_the_other_at_once_and_a_rerun_resumes(tiny_llama, demo_rows, tmp_path):
+    word = " \u9f98"  # a character no other row holds
+    rows = [dict(r, instruction=f"{r['instruction']} ({i})") for i, r in enumerate(demo_rows[:ROWS])]
+    rows[5]["output"] += word
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    model = _model_with_a_poisoned_token(tiny_llama, tmp_path / "poisoned", word)
+    out = tmp_path / "run"
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1")
+    args = [*ACCELERATE, "-m", "selectit_trl.cli", "score", "--config",
+            str(recipe(tmp_path, model, data, out, selection_probe=False))]
+    # Waiting for the failed process at a barrier would last the process-group timeout (30 minutes): the
+    # subprocess timeout would end the test as failed.
+    done = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0
+    lines = [line for line in done.stderr.splitlines() if line.startswith("selectit-trl score (process ")]
+    assert len(lines) == 2, done.stderr[-4000:]
+    failed = next(line for line in lines if "NaN or infinite" in line and "stopped because" not in line)
+    rank = int(re.match(r"selectit-trl score \(process (\d)\)", failed).group(1))
+    other = next(line for line in lines if line != failed)
+    cause = failed.split(": error: ", 1)[1].rstrip(".")
+    assert other == (f"selectit-trl score (process {1 - rank}): error: stopped because process {rank} failed: {cause}. "
+                     "What every process stored before it is kept in selection/store/: fix that, then run the same "
+                     "command again to resume.")
+    assert "Traceback" not in "".join(line for line in done.stderr.splitlines() if line.startswith("[rank"))
+
+    # Every stored record is whole, and a rerun without the poisoned row measures only what is missing.
+    store = out / "selection" / "store"
+    assert all(path.read_bytes().endswith(b"\n") for path in store.glob("*.jsonl") if path.stat().st_size)
+    from selectit_trl.probability_store import read_store
+
+    stored = len(read_store(out))
+    assert 0 < stored < ROWS - 1
+    data.write_text("".join(json.dumps(r) + "\n" for i, r in enumerate(rows) if i != 5), encoding="utf-8")
+    run([*args])
+    summary = json.loads((out / "selection" / "summary.json").read_text())
+    assert sum(summary["scored_this_run"].values()) == ROWS - 1 - stored

@@ -5,6 +5,7 @@ import pytest
 
 from selectit_trl.errors import SelectionConfigError
 from selectit_trl.prompts import (
+    prompts_without_scale,
     DEFAULT_RATING_PREAMBLE,
     DEFAULT_RATING_PROMPTS,
     RatingPrompts,
@@ -39,7 +40,7 @@ def test_the_file_takes_precedence_over_the_list(tmp_path):
 
 
 def test_list_prompts_and_scale_substitution():
-    assert load_prompts(1, 7, prompts=["Rate 1 to {score_max}, {braces} kept"]) == RatingPrompts(("Rate 1 to 7, {braces} kept",))
+    assert load_prompts(1, 7, prompts=["Rate 1 to {score_max}, {1..7} kept"]) == RatingPrompts(("Rate 1 to 7, {1..7} kept",))
 
 
 def test_default_set_is_large_and_distinct():
@@ -163,3 +164,29 @@ def test_a_template_without_a_system_turn_gets_the_preamble_in_the_user_turn(tok
     assert strict.decode(request.sequence(0)) == (
         "<|im_start|>user\nRate it.\n\nInstruction:\nAdd 2 and 3.\n\nResponse:\n5\n\nGood?<|im_end|>\n<|im_start|>assistant\n"
     )
+
+
+@pytest.mark.parametrize(
+    "prompt, named, hint",
+    [("Rate it from 1 to {max_score}.", "{max_score}", " (did you mean {score_max}?)"),
+     ("Rate it from 1 to {scoremax}.", "{scoremax}", " (did you mean {score_max}?)"),
+     ("Rate the {response} from 1 to {score_max}.", "{response}", "")],
+)
+def test_an_unknown_placeholder_is_refused_with_the_known_ones(prompt, named, hint):
+    with pytest.raises(SelectionConfigError) as error:
+        load_prompts(1, 5, [prompt])
+    assert str(error.value) == (
+        f"The rating prompt {prompt!r} in selection_prompts holds the unknown placeholder {named}{hint}. The "
+        "placeholders are {score_max}, the top of the rating scale."
+    )
+
+
+def test_braces_around_anything_but_a_name_are_text_and_kept():
+    prompts = load_prompts(1, 7, ['Answer as JSON, {"rating": N}, N from 1 to {score_max}.'])
+    assert prompts.requests == ('Answer as JSON, {"rating": N}, N from 1 to 7.',)
+
+
+def test_prompts_that_never_name_the_top_of_the_scale_are_found():
+    assert prompts_without_scale(load_prompts(3, 5), 5) == []  # the default preamble names it
+    own = load_prompts(3, 5, ["Rate it.", "Rate it from 1 to {score_max}.", "Score it 1-15."])
+    assert prompts_without_scale(own, 5) == ["Rate it.", "Score it 1-15."]  # 15 is not 5

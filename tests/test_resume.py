@@ -124,13 +124,23 @@ def test_sigkill_half_way_then_resume(tmp_path, data, uninterrupted):
     assert (out / "selection" / "scores.jsonl").read_bytes() == (uninterrupted / "selection" / "scores.jsonl").read_bytes()
 
 
-def test_sigint_stops_cleanly_says_how_to_resume_and_resumes(tmp_path, data, uninterrupted):
+@pytest.mark.parametrize(
+    "sig, status, said",
+    [(signal.SIGINT, 130, "selectit-trl score: interrupted."),
+     # A scheduler's stop, `kill`, or a launcher stopping the other processes: handled as Ctrl-C is.
+     (signal.SIGTERM, 143, "selectit-trl score: terminated (SIGTERM).")],
+    ids=["sigint", "sigterm"],
+)
+def test_a_stop_signal_stops_cleanly_says_how_to_resume_and_resumes(tmp_path, data, uninterrupted, sig, status, said):
     out = tmp_path / "run"
     args = command(tmp_path, data, out)
-    stopped = interrupt_after(args, out, signal.SIGINT, PROBE // 2)  # in the signal probe
+    stopped = interrupt_after(args, out, sig, PROBE // 2)  # in the signal probe
     stderr = stopped.stderr.read()
-    assert stopped.returncode == 130, stderr[-3000:]
-    assert "interrupted" in stderr and "Run the same command again (without --overwrite) to resume" in stderr
+    assert stopped.returncode == status, stderr[-3000:]
+    assert "Traceback" not in stderr
+    assert said in stderr.splitlines()
+    assert "sample(s) of this run are saved in" in stderr
+    assert "Run the same command again (without --overwrite) to resume" in stderr
     lines = store_lines(out)
     assert lines[-1] == b"", "SIGINT left a torn line"  # everything written is whole
     stored = complete_records(out)

@@ -15,6 +15,7 @@ from transformers import AutoModelForCausalLM
 
 from selectit_trl import SelectiveSFTTrainer
 from selectit_trl.errors import (
+    DatasetError,
     ModelSourceError,
     NonFiniteScoresError,
     RowFormatError,
@@ -37,14 +38,23 @@ def rows(demo_rows, n):
 
 def test_empty_responses_are_scored_listed_and_never_kept(tiny_llama, demo_rows, tmp_path, caplog):
     data = rows(demo_rows, 10)
-    for i in (2, 7):
-        data[i]["output"] = "  " if i == 2 else ""
+    # Blank, empty, and invisible only: zero-width spaces, and a byte-order mark, word joiner and soft hyphen.
+    for i, text in {2: "  ", 5: "\u200b\u200b\u200b", 7: "", 8: "\ufeff \u2060\u00ad\n"}.items():
+        data[i]["output"] = text
     with caplog.at_level(logging.WARNING, logger="selectit_trl.selection"):
         result = make_trainer(tiny_llama, Dataset.from_list(data), tmp_path, selection_ratio=1.0).select()
-    assert "2 row(s) have an empty response" in caplog.text
-    assert sorted(result.selected_indices) == [0, 1, 3, 4, 5, 6, 8, 9]  # ratio 1.0 keeps everything else
-    assert read_summary(tmp_path)["empty_responses"] == {"count": 2, "indices": [2, 7]}
+    assert "4 row(s) have an empty response" in caplog.text
+    assert sorted(result.selected_indices) == [0, 1, 3, 4, 6, 9]  # ratio 1.0 keeps everything else
+    assert read_summary(tmp_path)["empty_responses"] == {"count": 4, "indices": [2, 5, 7, 8]}
     assert len(read_scores(tmp_path)) == 10
+
+
+def test_a_dataset_whose_every_response_is_empty_is_refused_before_loading(tiny_llama, demo_rows, tmp_path, monkeypatch):
+    data = [dict(row, output=["", " ", "\u200b\u200b", "\ufeff"][i % 4]) for i, row in enumerate(rows(demo_rows, 8))]
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", lambda *a, **k: pytest.fail("the model was loaded"))
+    with pytest.raises(DatasetError, match=r"^Every one of the 8 rows has an empty response \(blank, or invisible "
+                                           r"characters only\), so no row can be kept or trained on\."):
+        make_trainer(tiny_llama, Dataset.from_list(data), tmp_path)
 
 
 def test_strict_mode_stops_on_an_empty_response_before_loading(tiny_llama, demo_rows, tmp_path, monkeypatch):
