@@ -8,24 +8,26 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from .summary import Summary
+
 SECTION_TITLE = "## Data selection"
 PAPER = "[SelectIT](https://arxiv.org/abs/2402.16705) (Liu et al., 2024)"
 
 
-def selection_metrics(summary: dict) -> dict[str, float]:
+def selection_metrics(summary: Summary) -> dict[str, float]:
     """Flat numeric metrics for the trainer's loggers (TensorBoard, W&B, ...), all under `selection/`."""
-    counts = summary["counts"]
+    counts = summary.counts
     metrics = {
         "selection/kept": float(counts["selected"]),
         "selection/total": float(counts["total"]),
         "selection/kept_fraction": counts["selected"] / max(counts["total"], 1),
-        "selection/scoring_seconds": float(summary["scoring_seconds"]),
+        "selection/scoring_seconds": float(summary.scoring_seconds),
     }
-    for quantile, value in summary["score_quantiles"].items():
+    for quantile, value in summary.score_quantiles.items():
         metrics[f"selection/score_q{quantile}"] = float(value)
-    for model in summary["models"]:
+    for model in summary.models:
         metrics[f"selection/weight/{model['id']}"] = float(model["weight"])
-    probe = summary.get("probe")
+    probe = summary.probe
     if probe:
         metrics["selection/probe_auroc"] = float(probe["auroc"]["combined"])
         # Per SelectIT model, and per strategy of a mix: other strategies have only the combined value.
@@ -35,15 +37,13 @@ def selection_metrics(summary: dict) -> dict[str, float]:
     return metrics
 
 
-def card_section(summary: dict) -> str:
+def card_section(summary: Summary) -> str:
     """The model card's "Data selection" section, in Markdown."""
-    from .report import strategy_label, strategy_of
-
-    settings = summary["selection_config"]
-    counts = summary["counts"]
-    probe = summary.get("probe")
-    selectit = "selectit" in strategy_of(summary)
-    label = strategy_label(summary)
+    settings = summary.selection_config
+    counts = summary.counts
+    probe = summary.probe
+    selectit = "selectit" in summary.strategy
+    label = summary.label
     rows = [
         ("Method", f"{PAPER}, run by selectit-trl" if label == "SelectIT" else f"{label}, run by selectit-trl"),
         ("Kept", f"{counts['selected']:,} of {counts['total']:,} rows ({100 * counts['selected'] / max(counts['total'], 1):.1f}%)"),
@@ -60,16 +60,16 @@ def card_section(summary: dict) -> str:
         ]
     if settings.get("selection_diversity", "none") != "none":
         rows.append(("Diversity", settings["selection_diversity"]))
-    if summary.get("recycling"):
-        kept = summary["recycling"]["kept_versions"]
-        rows.append(("Recycled by a teacher", f"{summary['recycling']['teacher']}; kept rows: "
+    if summary.recycling:
+        kept = summary.recycling["kept_versions"]
+        rows.append(("Recycled by a teacher", f"{summary.recycling['teacher']}; kept rows: "
                      + ", ".join(f"{n:,} {version}" for version, n in kept.items())))
     rows += [
         ("Signal probe AUROC", f"{probe['auroc']['combined']:.3f} on {probe['pairs']} clean against {probe['pairs']} "
                                "mismatched pairs (0.5 is chance)" if probe else "not run"),
-        ("Kept indices (sha256)", f"`{summary['selected_indices_sha256']}`"),
+        ("Kept indices (sha256)", f"`{summary.selected_indices_sha256}`"),
     ]
-    models = [f"| {m['id']} | {m['num_parameters']:,} | {m['weight']:.4f} |" for m in summary["models"]]
+    models = [f"| {m['id']} | {m['num_parameters']:,} | {m['weight']:.4f} |" for m in summary.models]
     return "\n".join([
         SECTION_TITLE,
         "",
@@ -92,7 +92,7 @@ def card_section(summary: dict) -> str:
     ])
 
 
-def write_card_section(readme: Path, summary: dict) -> None:
+def write_card_section(readme: Path, summary: Summary) -> None:
     """Put the section into a model card, replacing the one written before; create the card if there is none."""
     section = card_section(summary)
     text = readme.read_text(encoding="utf-8") if readme.is_file() else ""

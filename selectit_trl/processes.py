@@ -76,9 +76,11 @@ def failure_noted(output_dir):
 
 def peer_failure(output_dir) -> str | None:
     """The note of another process of this launch that failed, as one line, or None."""
+    if output_dir is None:  # the run failed before its recipe was read
+        return None
     rank, _ = world()
     folder = _failures_dir(output_dir)
-    for path in sorted(folder.glob("rank*.json")) if output_dir is not None and folder.is_dir() else []:
+    for path in sorted(folder.glob("rank*.json")) if folder.is_dir() else []:
         try:
             note = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError):

@@ -24,18 +24,19 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from . import probability_store, strategies
+from .context import RunContext
 from .errors import StoredSelectionMismatch
 from .measuring import Difficulty, Measurer, Rater, free_memory, pad_id
 from .progress import ScoringProgress
 from .prompts import RatingSample, turn_texts
-from .scoring import _input_device, _left_pad
+from .scoring import input_device, left_pad
 from .text import is_blank
 
 logger = logging.getLogger(__name__)
@@ -70,7 +71,7 @@ class Recycled:
 def generate(model, tokenizer, prompts: Sequence[np.ndarray], max_new_tokens: int) -> list[str]:
     """Greedy continuations of a batch of token-id prompts, left-padded, decoded without special tokens."""
     pad = pad_id(tokenizer)
-    input_ids, attention_mask, _ = _left_pad(prompts, pad, _input_device(model))
+    input_ids, attention_mask, _ = left_pad(prompts, pad, input_device(model))
     output = model.generate(
         input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=max_new_tokens, do_sample=False,
         pad_token_id=pad, eos_token_id=tokenizer.eos_token_id,
@@ -81,9 +82,10 @@ def generate(model, tokenizer, prompts: Sequence[np.ndarray], max_new_tokens: in
 class _TeacherTexts:
     """The teacher's generations, from the store where it has them, generated in batches where it does not."""
 
-    def __init__(self, teacher: Rater, config, output_dir, allow: bool, shard, barrier, progress: bool):
-        self.teacher, self.config, self.output_dir = teacher, config, output_dir
-        self.allow, self.shard, self.barrier, self.progress = allow, shard, barrier, progress
+    def __init__(self, teacher: Rater, config, context: RunContext):
+        self.teacher, self.config, self.output_dir = teacher, config, context.output_dir
+        self.allow, self.shard, self.barrier, self.progress = (context.allow_scoring, context.shard, context.barrier,
+                                                               context.progress)
         self.model = None
         self.generated = 0
 
@@ -193,11 +195,10 @@ def choose_response(rifd_current: np.ndarray, rifd_recycled: np.ndarray, usable:
     return usable & (rifd_recycled < rifd_current) & (rifd_recycled <= 1.0)
 
 
-def recycle(samples: Sequence[RatingSample], teacher: Rater, measurer: Measurer, config, eligible: np.ndarray,
-            shard: tuple[int, int], barrier: Callable[[], None], progress: bool) -> Recycled:
+def recycle(samples: Sequence[RatingSample], teacher: Rater, measurer: Measurer, config, eligible: np.ndarray) -> Recycled:
     """Both stages for every eligible row (rows with an empty response stay as they are, never kept anyway)."""
     started = time.perf_counter()
-    texts = _TeacherTexts(teacher, config, measurer.output_dir, measurer.allow_scoring, shard, barrier, progress)
+    texts = _TeacherTexts(teacher, config, measurer.context)
     rows = np.flatnonzero(eligible)
     original = [samples[i] for i in rows]
     computed: list[int] = []  # samples whose losses each measurement computed

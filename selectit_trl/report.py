@@ -25,6 +25,7 @@ from scipy.stats import rankdata
 
 from . import store
 from .errors import SelectionFilesError
+from .summary import Summary
 
 REPORT_FILE = "report.md"
 PLOT_DPI = 100
@@ -35,7 +36,7 @@ KEPT_COLOUR, DROPPED_COLOUR = "#1b7837", "#9e9e9e"
 class ScoreFiles:
     """The columns of `scores.jsonl` that the report reads, with `summary.json`."""
 
-    summary: dict
+    summary: Summary
     scores: np.ndarray  # [N] final score
     selected: np.ndarray  # [N] bool
     sentence: dict[str, np.ndarray]  # model id -> [N]
@@ -45,34 +46,15 @@ class ScoreFiles:
     strategy_values: dict[str, np.ndarray]  # strategy -> [N] (SelectIT score, IFD, r-IFD, length, draw)
 
 
-def strategy_of(summary: dict) -> dict[str, float]:
-    """The strategy weights of a selection; score files written before strategies existed are SelectIT's."""
-    return summary.get("strategy") or {"selectit": 1.0}
-
-
-def rating_models(summary: dict) -> list[str]:
-    """The models whose SelectIT ratings are in the score files (none when the strategy does not use SelectIT)."""
-    return [m["id"] for m in summary["models"]] if "selectit" in strategy_of(summary) else []
-
-
-def strategy_label(summary: dict) -> str:
-    """"SelectIT", or the strategy and its weights: "ifd", "selectit 0.50 + ifd 0.50"."""
-    weights = strategy_of(summary)
-    if list(weights) == ["selectit"]:
-        return "SelectIT"
-    if len(weights) == 1:
-        return next(iter(weights))
-    return " + ".join(f"{name} {weight:.2f}" for name, weight in weights.items())
-
-
 def read_score_files(output_dir) -> ScoreFiles:
-    summary = store.read_summary(output_dir)
-    if summary is None:
+    raw = store.read_summary(output_dir)
+    if raw is None:
         raise FileNotFoundError(
             f"No finished selection in {store.selection_dir(output_dir)}: run `selectit-trl score` or `train` first."
         )
-    models = rating_models(summary)
-    names = list(strategy_of(summary))
+    summary = Summary.from_json(raw, str(store.selection_dir(output_dir) / store.SUMMARY_FILE))
+    models = summary.rating_models
+    names = list(summary.strategy)
     scores, selected, chars = [], [], []
     values = {name: [] for name in names}
     sentence = {m: [] for m in models}
@@ -95,7 +77,7 @@ def read_score_files(output_dir) -> ScoreFiles:
             raise SelectionFilesError(
                 f"{scores_file}: record {number} lacks a field the report reads (edited, or from another run). "
                 f"{store.REBUILD_SCORES}") from None
-    total = summary.get("counts", {}).get("total", len(scores))
+    total = summary.counts.get("total", len(scores))
     if len(scores) != total:
         raise SelectionFilesError(
             f"{scores_file} holds {len(scores)} records, and summary.json counts {total} rows: the file was cut short "
@@ -137,7 +119,7 @@ def _mean_off_diagonal(matrix: np.ndarray) -> float:
 def statistics(files: ScoreFiles) -> dict:
     """Every number the report shows, from the score files."""
     summary = files.summary
-    models = rating_models(summary)
+    models = summary.rating_models
     kept = files.scores[files.selected]
     stats = {
         "total": int(files.scores.size),
@@ -146,8 +128,8 @@ def statistics(files: ScoreFiles) -> dict:
         "quantiles": {q: float(np.quantile(files.scores, q)) for q in (0.0, 0.25, 0.5, 0.75, 1.0)},
         "models": models,
         "prompts": {},
-        "strategy": strategy_of(summary),
-        "barred": summary.get("barred", {}),
+        "strategy": summary.strategy,
+        "barred": summary.barred,
     }
     if len(files.strategy_values) > 1:
         names = list(files.strategy_values)
@@ -164,7 +146,7 @@ def statistics(files: ScoreFiles) -> dict:
             "mean_spearman": _mean_off_diagonal(rho),
             "top_rating_differs": float((top.max(axis=1) != top.min(axis=1)).mean()),
             "top_rating_shares": np.stack([
-                np.bincount(top[:, k] - 1, minlength=summary["selection_config"]["selection_score_max"]) / top.shape[0]
+                np.bincount(top[:, k] - 1, minlength=summary.selection_config["selection_score_max"]) / top.shape[0]
                 for k in range(top.shape[1])
             ]),  # [K, S]
         }
@@ -175,8 +157,8 @@ def statistics(files: ScoreFiles) -> dict:
             "kept_median_chars": float(np.median(files.response_chars[files.selected])) if kept.size else None,
             "dropped_median_chars": float(np.median(dropped)) if dropped.size else None,
         }
-    stats["truncated"] = summary.get("truncated", {"count": 0, "indices": []})
-    stats["probe"] = summary.get("probe")
+    stats["truncated"] = summary.truncated
+    stats["probe"] = summary.probe
     return stats
 
 
@@ -341,7 +323,7 @@ def _table(matrix: np.ndarray, labels: list[str]) -> list[str]:
 
 def report_text(output_dir, files: ScoreFiles, stats: dict, plots: dict[str, Path]) -> str:
     summary = files.summary
-    settings = summary["selection_config"]
+    settings = summary.selection_config
     q = stats["quantiles"]
     selectit = (
         f" K={settings['selection_num_prompts']} rating prompts, S={settings['selection_score_max']}, "
@@ -353,15 +335,15 @@ def report_text(output_dir, files: ScoreFiles, stats: dict, plots: dict[str, Pat
         f"# Selection report: {output_dir}",
         "",
         f"Kept **{stats['kept']:,} of {stats['total']:,}** rows ({100 * stats['kept'] / max(stats['total'], 1):.1f}%) by "
-        f"{strategy_label(summary)}{'' if diversity == 'none' else f', spread by {diversity}'}.{selectit} "
-        f"Scoring took {summary['scoring_seconds']:.1f} s.",
+        f"{summary.label}{'' if diversity == 'none' else f', spread by {diversity}'}.{selectit} "
+        f"Scoring took {summary.scoring_seconds:.1f} s.",
         "",
         "| Model | Parameters | Weight |",
         "|---|---:|---:|",
-        *[f"| {m['id']} | {m['num_parameters']:,} | {m['weight']:.4f} |" for m in summary["models"]],
+        *[f"| {m['id']} | {m['num_parameters']:,} | {m['weight']:.4f} |" for m in summary.models],
         "",
     ]
-    recycling = summary.get("recycling")
+    recycling = summary.recycling
     if recycling:
         def listed(counts):
             return ", ".join(f"{n:,} {version}" for version, n in counts.items())
@@ -419,7 +401,7 @@ def report_text(output_dir, files: ScoreFiles, stats: dict, plots: dict[str, Pat
         for m in stats["models"]:
             prompts = stats["prompts"][m]
             lines.append(f"| {m} | {_number(prompts['mean_spearman'])} | {100 * prompts['top_rating_differs']:.1f}% |")
-        lines += ["", "Prompts: " + "; ".join(f"P{k + 1}: “{p}”" for k, p in enumerate(summary["prompts"])), ""]
+        lines += ["", "Prompts: " + "; ".join(f"P{k + 1}: “{p}”" for k, p in enumerate(summary.prompts)), ""]
     if "length" in stats:
         length = stats["length"]
         lines += [
@@ -433,7 +415,7 @@ def report_text(output_dir, files: ScoreFiles, stats: dict, plots: dict[str, Pat
         ]
     for title, key in (("Highest-scored rows", "top"), ("Lowest-scored rows", "bottom")):
         lines += [f"## {title}", "", "| Row | Score | Instruction | Response |", "|---:|---:|---|---|"]
-        for example in summary["examples"][key]:
+        for example in summary.examples[key]:
             cells = [example["instruction"] if example["instruction"] is not None else "(whole text)", example["response"]]
             cells = [c.replace("|", "\\|") for c in cells]
             lines.append(f"| {example['index']} | {example['score']:.4f} | {cells[0]} | {cells[1]} |")
@@ -448,9 +430,9 @@ def report_text(output_dir, files: ScoreFiles, stats: dict, plots: dict[str, Pat
     return "\n".join(lines)
 
 
-def short_summary(summary: dict, stats: dict, report_path: Path, plots: dict[str, Path]) -> str:
+def short_summary(summary: Summary, stats: dict, report_path: Path, plots: dict[str, Path]) -> str:
     """A few lines for the terminal."""
-    lines = [f"{strategy_label(summary)} kept {stats['kept']:,} of {stats['total']:,} samples; cut-off score {_number(stats['cutoff'])} "
+    lines = [f"{summary.label} kept {stats['kept']:,} of {stats['total']:,} samples; cut-off score {_number(stats['cutoff'])} "
              f"(median {_number(stats['quantiles'][0.5])})."]
     probe = stats["probe"]
     if probe:

@@ -40,7 +40,7 @@ DEFAULT_MAX_BATCH_TOKENS = {"cpu": 2048, "cuda": 16384}
 
 
 def default_max_batch_tokens(model) -> int:
-    return DEFAULT_MAX_BATCH_TOKENS.get(_input_device(model).type, DEFAULT_MAX_BATCH_TOKENS["cuda"])
+    return DEFAULT_MAX_BATCH_TOKENS.get(input_device(model).type, DEFAULT_MAX_BATCH_TOKENS["cuda"])
 
 
 # oneDNN, which runs bf16 matmuls on x86 CPUs, keeps a compiled kernel and its buffers for every matrix shape it
@@ -123,12 +123,12 @@ def share_batches(costs: Sequence[int], world: int) -> list[int]:
     return owners
 
 
-def _input_device(model) -> torch.device:
+def input_device(model) -> torch.device:
     # The embedding's device, which is where inputs must go even when the model is spread over devices.
     return model.get_input_embeddings().weight.device
 
 
-def _left_pad(
+def left_pad(
     sequences: Sequence[np.ndarray], pad_id: int, device, width: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Left-pad to `width` (default: the longest row) so that every row's last real token sits at the end.
@@ -157,8 +157,8 @@ def last_token_probs(
     model, sequences: Sequence[Sequence[int]], token_ids: Sequence[int], pad_id: int, width: int | None = None
 ) -> np.ndarray:
     """Whole rows: one forward pass over a batch of sequences, probabilities at each row's last position."""
-    input_ids, attention_mask, position_ids = _left_pad(
-        [np.asarray(s) for s in sequences], pad_id, _input_device(model), width
+    input_ids, attention_mask, position_ids = left_pad(
+        [np.asarray(s) for s in sequences], pad_id, input_device(model), width
     )
     # logits_to_keep=1 computes the LM head at the last position only: with a large vocabulary this is much of
     # the compute the released scripts spend per token.
@@ -233,7 +233,7 @@ def shared_prefix_probs(
 ) -> np.ndarray:
     """Shared prefix: one forward pass, one packed row per sample (padded to `width`), probabilities [n, K, S]."""
     dtype = next(p for p in model.parameters() if p.is_floating_point()).dtype
-    input_ids, mask, position_ids, ends = _packed_inputs(requests, pad_id, dtype=dtype, device=_input_device(model), width=width)
+    input_ids, mask, position_ids, ends = _packed_inputs(requests, pad_id, dtype=dtype, device=input_device(model), width=width)
     output = model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids, logits_to_keep=ends, use_cache=False)
     return _read_probs(output.logits, token_ids)
 

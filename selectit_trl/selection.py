@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,14 +26,15 @@ from . import (
     store,
     strategies,
 )
+from .context import RunContext
+from .summary import Summary
 from .errors import DatasetError, RowFormatError, SelectionConfigError, StoredSelectionMismatch
 from .measuring import Difficulty, Measured, Measurer, Rater, Ratings
-from .prompts import DIFFICULTY_KINDS, RatingSample, load_prompts, token_counts
+from .prompts import RatingSample, load_prompts
 from .text import is_blank
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
 
 
 @dataclass
@@ -42,7 +43,7 @@ class SelectionResult:
 
     selected_indices: list[int]  # in selection order: best first, or the order selection_diversity picked them
     scores: np.ndarray  # what the selection ranked by, for every sample in dataset order (see `strategies.score`)
-    summary: dict
+    summary: Summary  # what summary.json holds
     path: Path
     reused: bool  # True when no forward pass ran: every measurement came from the store
     recycled: dict[int, RatingSample] = field(default_factory=dict)  # rows that took a teacher's rewrite: the version
@@ -79,12 +80,17 @@ def check_keeps_rows(num_samples: int, config) -> None:
         )
 
 
+def _without_instructions() -> str:
+    """The strategies that work on rows without instructions, for messages."""
+    return ", ".join(name for name in strategies.strategy_names() if not strategies.get_strategy(name).needs_instructions)
+
+
 def check_instructions(samples: Sequence[RatingSample], config) -> None:
     """IFD and reverse IFD compare a response read with and without its instruction: whole texts have none, and
     a dataset with no instruction at all would keep nothing."""
-    needing = [name for name in strategies.parse_strategy(config.selection_strategy) if name in DIFFICULTY_KINDS]
+    needing = strategies.needs_instructions(strategies.parse_strategy(config.selection_strategy))
     if needing and any(s.is_text for s in samples):
-        usable = ", ".join(name for name in strategies.STRATEGIES if name not in DIFFICULTY_KINDS)
+        usable = _without_instructions()
         raise SelectionConfigError(
             f"selection_strategy uses {' and '.join(needing)}, which need an instruction for each response, and this "
             f"dataset's rows are whole texts (a text column, a formatting_func's output, or token ids with no mask). "
@@ -93,7 +99,7 @@ def check_instructions(samples: Sequence[RatingSample], config) -> None:
     if needing and samples and all(is_blank(s.instruction) for s in samples):
         raise DatasetError(
             f"selection_strategy uses {' and '.join(needing)}, which never keeps a row with an empty instruction, and "
-            f"every one of the {len(samples)} rows has one. Fill in the instructions, or use selectit, length or random."
+            f"every one of the {len(samples)} rows has one. Fill in the instructions, or use one of {_without_instructions()}."
         )
 
 
@@ -154,7 +160,7 @@ def rating_prompts(config):
 
 
 class _Plan:
-    """What a run measures: the strategy's weights, and the measurements it needs."""
+    """What a run measures: the strategies and their weights, and the measurements they need."""
 
     def __init__(self, raters: Sequence[Rater], config):
         model_ids = [r.model_id for r in raters]
@@ -162,15 +168,13 @@ class _Plan:
             raise SelectionConfigError(f"Each scoring model must appear once, got {model_ids}.")
         self.config, self.raters = config, list(raters)
         self.weights = strategies.parse_strategy(config.selection_strategy)
-        self.measures = {}
-        if "selectit" in self.weights:
-            self.measures["ratings"] = Ratings(rating_prompts(config), config, raters)
-        elif len(raters) > 1:
-            logger.warning("selection_peer_models only rate for the selectit strategy; %s does not use them.",
+        self.strategies = strategies.strategies_of(self.weights, config)
+        kinds = strategies.needed_measurements(self.weights)
+        self.measures = {kind: Ratings(rating_prompts(config), config, raters) if kind == "ratings"
+                         else Difficulty(kind, config) for kind in kinds}
+        if "ratings" not in self.measures and len(raters) > 1:
+            logger.warning("selection_peer_models only rate for strategies that read ratings (selectit); %s does not.",
                            config.selection_strategy)
-        for kind in ("ifd", "rifd"):
-            if kind in self.weights:
-                self.measures[kind] = Difficulty(kind, config)
         self.model_weights = (
             reflection.model_weights({r.model_id: r.num_parameters for r in raters}, config.selection_model_weights)
             if "ratings" in self.measures else {raters[0].model_id: 1.0}
@@ -182,8 +186,9 @@ class _Plan:
 
     @property
     def needs_instructions(self) -> bool:
-        """IFD and r-IFD compare contexts with and without the instruction, which an empty one makes equal."""
-        return "ifd" in self.weights or "rifd" in self.weights
+        """Whether a strategy of the mix compares contexts with and without the instruction (IFD, r-IFD), which an
+        empty one makes equal."""
+        return bool(strategies.needs_instructions(self.weights))
 
     def keepable(self, samples: Sequence[RatingSample]) -> np.ndarray:
         """Rows that may be kept whatever their scores: a response, and an instruction where the strategy needs one."""
@@ -194,27 +199,30 @@ class _Plan:
         """The models whose measurements the strategy uses."""
         return self.raters if self.ratings else self.raters[:1]
 
+    def rank(self, values: dict[str, np.ndarray], keepable: np.ndarray, only: str | None = None):
+        """`strategies.score` under this plan's mix, or under one of its strategies alone."""
+        weights = {only: 1.0} if only else self.weights
+        return strategies.score(weights, values, keepable, self.strategies)
+
     def evaluate(self, measurer: Measurer, samples: Sequence[RatingSample], **collect_options) -> _Evaluation:
-        """Measure what the strategy needs (from the store where it can) and compute every strategy's values."""
-        config = self.config
+        """Measure what the strategies need (from the store where it can) and compute every strategy's values."""
         measured = {kind: measurer.collect(measure, samples, **collect_options) for kind, measure in self.measures.items()}
-        values, selectit = {}, None
-        if "ratings" in measured:
-            token_by_model, sentence_by_model, combined = reflection.score_samples(
-                measured["ratings"].values_by_model, self.model_weights, config.selection_normalization,
-                config.selection_alpha,
-            )
-            values["selectit"] = combined
-            selectit = (token_by_model, sentence_by_model)
         tuned = self.raters[0].model_id
-        if "ifd" in measured:
-            values["ifd"] = strategies.ifd(measured["ifd"].values_by_model[tuned])
-        if "rifd" in measured:
-            values["rifd"] = strategies.rifd(measured["rifd"].values_by_model[tuned])
-        if "length" in self.weights:
-            values["length"] = token_counts(self.raters[0].tokenizer, [s.response for s in samples]).astype(np.float64)
-        if "random" in self.weights:
-            values["random"] = strategies.random_values(len(samples), config.seed)
+        measurements = strategies.Measurements(
+            ratings=measured["ratings"].values_by_model if "ratings" in measured else None,
+            losses={kind: result.values_by_model[tuned] for kind, result in measured.items() if kind != "ratings"},
+            tokenizer=self.raters[0].tokenizer, model_weights=self.model_weights, config=self.config,
+        )
+        # The API's promise: .instruction is a string, "" for a row rated as a whole text.
+        rows = [s if s.instruction is not None else RatingSample("", s.response) for s in samples]
+        values = {}
+        for name, strategy in self.strategies.items():
+            values[name] = np.asarray(strategy.values(rows, measurements), dtype=np.float64)
+            if values[name].shape != (len(samples),):
+                raise SelectionConfigError(
+                    f"Strategy {name!r} gave values of shape {values[name].shape} for {len(samples)} samples: "
+                    "`values` returns one float per sample.")
+        selectit = getattr(self.strategies.get("selectit"), "by_model", None)
         return _Evaluation(values, measured, selectit)
 
 
@@ -245,14 +253,9 @@ def run_selection(
     samples: Sequence[RatingSample],
     raters: Sequence[Rater],
     config,
-    output_dir,
-    allow_scoring: bool = True,
+    context: RunContext,
     expected_indices_sha256: str | None = None,
-    write: bool = True,
-    progress: bool = True,
     dataset_format: str | None = None,
-    shard: tuple[int, int] = (0, 1),
-    barrier: Callable[[], None] = lambda: None,
     overwrite: bool | None = None,
     teacher: Rater | None = None,
 ) -> SelectionResult:
@@ -270,15 +273,14 @@ def run_selection(
 
     Args:
         raters: the model being tuned first, then the peers.
+        context: the output directory, and this process among the others (`RunContext`). Each process measures
+            its share of the batches into its own file of the store; the barrier waits for all of them before
+            the store is read back and the selection made, the same in every process; the main process writes
+            the files. Without `allow_scoring`, every measurement must come from the store (a resumed run),
+            else `StoredSelectionMismatch` is raised.
         dataset_format: the row format the samples were read in, recorded in `summary.json`.
-        allow_scoring: when False, every measurement must come from the store (a resumed run, or a process
-            that is not the main one); otherwise `StoredSelectionMismatch` is raised.
         expected_indices_sha256: the subset a checkpoint was trained on; a selection that differs is refused
             before anything is written.
-        write: whether this process writes the files (only the main process does).
-        shard: (rank, number of processes). Each process measures its share of the batches into its own file
-            of the store; `barrier` waits for all of them before the store is read back and the selection made,
-            the same in every process.
         overwrite: set the store aside and measure everything; by default `config.selection_overwrite`. The
             trainer passes it once only, so that `select()` then `train()` does not score twice.
         teacher: the model that rewrites instructions and responses (`selection_teacher_model`). Each row then
@@ -292,20 +294,20 @@ def run_selection(
             "set selection_strict: true to stop on them instead.", len(empty), ", ".join(map(str, empty[:10]))
         )
     plan = _Plan(raters, config)
-    measurer = Measurer(raters, config, output_dir, allow_scoring, shard, barrier, progress)
-    rank, world = shard
+    measurer = Measurer(raters, config, context)
+    output_dir, write = context.output_dir, context.is_main
     if overwrite is None:
         overwrite = config.selection_overwrite
-    if overwrite and allow_scoring:
-        if rank == 0:
+    if overwrite and context.allow_scoring:
+        if context.is_main:
             probability_store.set_aside(output_dir)
-        barrier()
+        context.barrier()
     original = samples
     recycled = None
     if teacher is not None:
         usable = np.ones(len(samples), dtype=bool)
         usable[empty] = False
-        recycled = recycling.recycle(samples, teacher, measurer, config, usable, shard, barrier, progress)
+        recycled = recycling.recycle(samples, teacher, measurer, config, usable)
         samples = recycled.samples
     probe_summary, probed_rows, probe_evaluation = None, [], None
     if config.selection_probe:
@@ -326,7 +328,7 @@ def run_selection(
     if measured and not scored_now:
         logger.info("Every measurement came from the score store in %s.", probability_store.store_dir(output_dir))
 
-    ranked = strategies.score(plan.weights, evaluation.values, plan.keepable(samples))
+    ranked = plan.rank(evaluation.values, plan.keepable(samples))
     scores, eligible = ranked.ranking, ranked.eligible
     barred = dict(ranked.barred)
     if plan.needs_instructions:
@@ -342,7 +344,7 @@ def run_selection(
     if config.selection_diversity == "none":
         selected = reflection.select(scores, config.selection_ratio, config.selection_max_samples, eligible).tolist()
     else:
-        embeddings = diversity.embeddings_for(samples, config, output_dir, write=rank == 0, barrier=barrier, progress=progress)
+        embeddings = diversity.embeddings_for(samples, config, context)
         selected, clusters = diversity.pick(config, embeddings, scores, eligible, wanted)
     if expected_indices_sha256 is not None and indices_hash(selected) != expected_indices_sha256:
         raise StoredSelectionMismatch(
@@ -358,7 +360,7 @@ def run_selection(
     rating_models = [r.model_id for r in raters] if plan.ratings else []
     token_by_model, sentence_by_model = evaluation.selectit or ({}, {})
     probs_by_model = measured["ratings"].values_by_model if plan.ratings else {}
-    losses = {kind: measured[kind].values_by_model[raters[0].model_id] for kind in ("ifd", "rifd") if kind in measured}
+    losses = {kind: result.values_by_model[raters[0].model_id] for kind, result in measured.items() if kind != "ratings"}
     records = (
         {
             "index": i,
@@ -378,21 +380,20 @@ def run_selection(
         }
         for i in range(len(samples))
     )
-    summary = {
-        "format_version": FORMAT_VERSION,
-        "selection_config": config.selection_settings(),
-        "strategy": plan.weights,
-        "counts": {"total": len(samples), "selected": len(selected)},
-        "dataset_format": dataset_format,
-        "empty_responses": {"count": len(empty), "indices": empty},
-        "barred": barred,
-        "truncated": {"count": int(truncated.sum()), "indices": np.flatnonzero(truncated).tolist()},
-        "duplicates": len(samples) - unique,
-        "models": [{"id": r.model_id, "num_parameters": int(r.num_parameters), "weight": plan.model_weights[r.model_id]}
-                   for r in plan.models()],
-        "prompts": list(plan.ratings.prompts.requests) if plan.ratings else [],
-        "rating_preamble": plan.ratings.prompts.preamble if plan.ratings else None,
-        "scoring_key": {
+    summary = Summary(
+        selection_config=config.selection_settings(),
+        strategy=plan.weights,
+        counts={"total": len(samples), "selected": len(selected)},
+        dataset_format=dataset_format,
+        empty_responses={"count": len(empty), "indices": empty},
+        barred=barred,
+        truncated={"count": int(truncated.sum()), "indices": np.flatnonzero(truncated).tolist()},
+        duplicates=len(samples) - unique,
+        models=[{"id": r.model_id, "num_parameters": int(r.num_parameters), "weight": plan.model_weights[r.model_id]}
+                for r in plan.models()],
+        prompts=list(plan.ratings.prompts.requests) if plan.ratings else [],
+        rating_preamble=plan.ratings.prompts.preamble if plan.ratings else None,
+        scoring_key={
             "dataset_sha256": dataset_hash(original),
             "num_samples": len(samples),
             "prompts_sha256": plan.ratings.prompt_set if plan.ratings else None,
@@ -403,25 +404,24 @@ def run_selection(
                 for r in plan.models()
             ],
         },
-        "scored_this_run": scored_now,
-        "scoring_seconds": sum(seconds.values()),
-        "scoring_seconds_by_model": seconds,
-        "score_quantiles": {q: float(np.quantile(scores, float(q))) for q in ("0.0", "0.25", "0.5", "0.75", "1.0")},
-        "selected_indices_sha256": indices_hash(selected),
-        "probe": probe_summary,
-        "examples": _examples(samples, scores, eligible),
-    }
-    if clusters is not None:
-        summary["clusters"] = int(clusters.max()) + 1
+        scored_this_run=scored_now,
+        scoring_seconds=sum(seconds.values()),
+        scoring_seconds_by_model=seconds,
+        score_quantiles={q: float(np.quantile(scores, float(q))) for q in ("0.0", "0.25", "0.5", "0.75", "1.0")},
+        selected_indices_sha256=indices_hash(selected),
+        probe=probe_summary,
+        examples=_examples(samples, scores, eligible),
+        clusters=int(clusters.max()) + 1 if clusters is not None else None,
+    )
     if recycled is not None:
         kept_versions = [recycled.versions[i] for i in selected]
-        summary["recycling"] = {
+        summary.recycling = {
             "teacher": teacher.model_id,
             "versions": {v: recycled.versions.count(v) for v in recycling.VERSIONS},
             "kept_versions": {v: kept_versions.count(v) for v in recycling.VERSIONS},
             "seconds": recycled.seconds,
         }
-    path = store.write_selection(output_dir, records, summary) if write else store.selection_dir(output_dir)
+    path = store.write_selection(output_dir, records, summary.to_json()) if write else store.selection_dir(output_dir)
     probe_ran = probe_evaluation is not None and any(r.scored_now for r in probe_evaluation.measured.values())
     changed = {i: samples[i] for i in range(len(samples)) if recycled is not None and recycled.versions[i] != "original"}
     return SelectionResult(selected, scores, summary, path, reused=not scored_now and not probe_ran, recycled=changed)
@@ -473,7 +473,7 @@ def _probe(plan: _Plan, measurer: Measurer, samples: Sequence[RatingSample], emp
         logger.info("The signal probe's pairs are not all in the store, and this run may not measure: skipping it.")
         return None, [], None
     keepable = plan.keepable(pairs)
-    ranked = strategies.score(plan.weights, evaluation.values, keepable)
+    ranked = plan.rank(evaluation.values, keepable)
     combined = probe.bottom_barred(ranked.ranking, ranked.eligible)
     aurocs = {}
     if evaluation.selectit:
@@ -482,7 +482,7 @@ def _probe(plan: _Plan, measurer: Measurer, samples: Sequence[RatingSample], emp
     by_strategy = {}
     if len(plan.weights) > 1:
         for name in plan.weights:
-            alone = strategies.score({name: 1.0}, evaluation.values, keepable)
+            alone = plan.rank(evaluation.values, keepable, only=name)
             by_strategy[name] = probe.auroc(probe.bottom_barred(alone.ranking, alone.eligible), labels)
     threshold = config.selection_probe_threshold
     result = {
@@ -518,25 +518,14 @@ def _probe(plan: _Plan, measurer: Measurer, samples: Sequence[RatingSample], emp
     return result, rows, evaluation
 
 
-def run_probe(
-    samples: Sequence[RatingSample],
-    raters: Sequence[Rater],
-    config,
-    output_dir,
-    write: bool = True,
-    progress: bool = True,
-    shard: tuple[int, int] = (0, 1),
-    barrier: Callable[[], None] = lambda: None,
-    allow_scoring: bool = True,
-) -> dict:
+def run_probe(samples: Sequence[RatingSample], raters: Sequence[Rater], config, context: RunContext) -> dict:
     """The signal probe on its own (`selectit-trl probe`): measure `config.selection_probe_size` clean rows and
     as many mismatched pairs, and return the AUROC of clean against mismatched.
 
     Its measurements go to the store, so a selection run afterwards does not compute the clean rows again. It
-    never sets the store aside: `selection_overwrite` applies to selections only. With `allow_scoring=False`
-    everything must come from the store (`StoredSelectionMismatch` otherwise).
+    never sets the store aside: `selection_overwrite` applies to selections only. Without the context's
+    `allow_scoring` everything must come from the store (`StoredSelectionMismatch` otherwise).
     """
     empty = empty_responses(samples, strict=False)
     plan = _Plan(raters, config)
-    measurer = Measurer(raters, config, output_dir, allow_scoring, shard, barrier, progress)
-    return _probe(plan, measurer, samples, empty, write, required=True)[0]
+    return _probe(plan, Measurer(raters, config, context), samples, empty, context.is_main, required=True)[0]

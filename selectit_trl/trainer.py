@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
@@ -28,6 +29,7 @@ from trl import SFTTrainer
 from . import diversity, formats, hardware, processes, store, strategies
 from .card import selection_metrics, write_card_section
 from .config import SelectiveSFTConfig
+from .context import RunContext
 from .errors import DatasetError, SelectionConfigError, StoredSelectionMismatch
 from .measuring import Rater
 from .models import (
@@ -41,7 +43,6 @@ from .models import (
 from .peers import PeerSpec
 from .prompts import prompts_without_scale, score_token_ids
 from .recycling import RECYCLABLE_FORMATS
-from .report import strategy_label
 from .scoring import cap_onednn_cache
 from .selection import (
     SelectionResult,
@@ -113,7 +114,7 @@ class _RecordSelectionInCheckpoints(TrainerCallback):
         result = self.trainer.selection_result
         folder = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
         if result is not None and state.is_world_process_zero and os.path.isdir(folder):
-            marker = {k: result.summary[k] for k in ("selected_indices_sha256", "counts", "selection_config")}
+            marker = {k: getattr(result.summary, k) for k in ("selected_indices_sha256", "counts", "selection_config")}
             with open(os.path.join(folder, CHECKPOINT_SELECTION_FILE), "w", encoding="utf-8") as handle:
                 json.dump(marker, handle, indent=2)
 
@@ -413,7 +414,7 @@ class SelectiveSFTTrainer(SFTTrainer):
 
     def _check_selection_inputs(self, args: SelectiveSFTConfig, tokenizer) -> None:
         """Everything about the selection that can be wrong, checked before the model is loaded."""
-        if "selectit" in strategies.parse_strategy(args.selection_strategy):
+        if "ratings" in strategies.needed_measurements(strategies.parse_strategy(args.selection_strategy)):
             unscaled = prompts_without_scale(rating_prompts(args), args.selection_score_max)
             if unscaled:
                 logger.warning(
@@ -480,34 +481,39 @@ class SelectiveSFTTrainer(SFTTrainer):
     def _raters(self) -> list[Rater]:
         return [self._base_rater(), *(self._peer_rater(p) for p in self.args.peer_specs())]
 
+    def _context(self, allow_scoring: bool) -> RunContext:
+        """This process among the run's processes, for the selection code."""
+        state = self.accelerator.state
+        return RunContext(
+            self.args.output_dir, state.process_index, state.num_processes, processes.barrier(self.args.output_dir),
+            progress=self.accelerator.is_main_process and not self.args.disable_tqdm, allow_scoring=allow_scoring,
+        )
+
+    @contextlib.contextmanager
+    def _measuring(self, phase: str, instead: str | None):
+        """Around a phase that measures: the model in scoring mode, a failure noted for the other processes, and,
+        under ZeRO-3, a missing measurement explained (`instead` says what to do; None leaves it as it is)."""
+        with processes.failure_noted(self.args.output_dir), scoring_mode(self.model):
+            try:
+                yield
+            except StoredSelectionMismatch:
+                if instead is not None and is_deepspeed_zero3_enabled():
+                    raise SelectionConfigError(
+                        f"DeepSpeed ZeRO-3 splits the weights between processes, so {phase} cannot score under it. "
+                        + instead
+                    ) from None
+                raise
+
     def probe(self) -> dict:
         """Run the signal probe alone: score `selection_probe_size` rows and as many mismatched pairs, and return
         how well the scores tell them apart (AUROC, per model and combined). Also written to
         `output_dir/selection/probe.json`; its scores are stored, so a later selection reuses them.
         """
-        state = self.accelerator.state
-        zero3 = is_deepspeed_zero3_enabled()  # see _select: no process can score alone under ZeRO-3
-        with processes.failure_noted(self.args.output_dir), scoring_mode(self.model):
-            try:
-                result = run_probe(
-                    self.rating_samples,
-                    self._raters(),
-                    self.args,
-                    self.args.output_dir,
-                    write=self.accelerator.is_main_process,
-                    progress=self.accelerator.is_main_process and not self.args.disable_tqdm,
-                    shard=(state.process_index, state.num_processes),
-                    barrier=processes.barrier(self.args.output_dir),
-                    allow_scoring=not zero3,
-                )
-            except StoredSelectionMismatch:
-                if zero3:
-                    raise SelectionConfigError(
-                        "DeepSpeed ZeRO-3 splits the weights between processes, so the probe cannot score under it. "
-                        "Run `selectit-trl probe` without ZeRO-3 (in one process or under DDP)."
-                    ) from None
-                raise
-        processes.barrier(self.args.output_dir)()
+        # ZeRO-3 splits every weight between the processes, so none of them can run a forward pass on its own.
+        context = self._context(allow_scoring=not is_deepspeed_zero3_enabled())
+        with self._measuring("the probe", "Run `selectit-trl probe` without ZeRO-3 (in one process or under DDP)."):
+            result = run_probe(self.rating_samples, self._raters(), self.args, context)
+        context.barrier()
         return result
 
     def select(self) -> SelectionResult:
@@ -520,41 +526,26 @@ class SelectiveSFTTrainer(SFTTrainer):
     def _select(self, resuming: bool = False, expected_indices_sha256: str | None = None) -> SelectionResult:
         # Under accelerate every process scores its own share of the batches into the store, then all of them read
         # the store back and make the same selection, so that every rank trains on the same subset. Only the main
-        # process writes scores.jsonl and summary.json.
-        state = self.accelerator.state
-        main = self.accelerator.is_main_process
-        # ZeRO-3 splits every weight between the processes, so none of them can run a forward pass on its own
-        # share of the batches: with it, the probabilities must already be in the store.
-        zero3 = is_deepspeed_zero3_enabled()
-        with processes.failure_noted(self.args.output_dir), scoring_mode(self.model):
-            try:
-                self.selection_result = run_selection(
-                    self.rating_samples,
-                    self._raters(),
-                    self.args,
-                    self.args.output_dir,
-                    allow_scoring=not resuming and not zero3,
-                    expected_indices_sha256=expected_indices_sha256,
-                    write=main,
-                    progress=main and not self.args.disable_tqdm,
-                    dataset_format=self.dataset_format,
-                    shard=(state.process_index, state.num_processes),
-                    barrier=processes.barrier(self.args.output_dir),
-                    overwrite=self.args.selection_overwrite and not self._store_set_aside,
-                    teacher=self._peer_rater(teacher) if (teacher := self.args.teacher_spec()) else None,
-                )
-                self._store_set_aside = True
-            except StoredSelectionMismatch:
-                if zero3 and not resuming:
-                    raise SelectionConfigError(
-                        "DeepSpeed ZeRO-3 splits the weights between processes, so selection cannot score under it. "
-                        "Score first without ZeRO-3 (`selectit-trl score --config ...`, in one process or under DDP), "
-                        "then train with ZeRO-3: the stored probabilities are reused and no forward pass runs."
-                    ) from None
-                raise
-        processes.barrier(self.args.output_dir)()  # the files are written before any process goes on
+        # process writes scores.jsonl and summary.json. A resumed run, and ZeRO-3, only read the store.
+        context = self._context(allow_scoring=not resuming and not is_deepspeed_zero3_enabled())
+        instead = ("Score first without ZeRO-3 (`selectit-trl score --config ...`, in one process or under DDP), then "
+                   "train with ZeRO-3: the stored probabilities are reused and no forward pass runs.")
+        # A resumed run's missing scores are its own error (StoredSelectionMismatch), ZeRO-3 or not.
+        with self._measuring("selection", None if resuming else instead):
+            self.selection_result = run_selection(
+                self.rating_samples,
+                self._raters(),
+                self.args,
+                context,
+                expected_indices_sha256=expected_indices_sha256,
+                dataset_format=self.dataset_format,
+                overwrite=self.args.selection_overwrite and not self._store_set_aside,
+                teacher=self._peer_rater(teacher) if (teacher := self.args.teacher_spec()) else None,
+            )
+            self._store_set_aside = True
+        context.barrier()  # the files are written before any process goes on
         result = self.selection_result
-        logger.info("%s kept %d of %d samples (%s).", strategy_label(result.summary), len(result.selected_indices),
+        logger.info("%s kept %d of %d samples (%s).", result.summary.label, len(result.selected_indices),
                     len(self.rating_samples), result.path)
         return result
 

@@ -117,7 +117,7 @@ def test_a_4bit_peer_loads_on_the_gpu_scores_and_is_released(tiny_llama, tokeniz
     del loaded
     before = torch.cuda.memory_allocated()
     result = trainer.select()
-    assert [m["id"] for m in result.summary["models"]] == [tiny_llama, peer]
-    assert result.summary["scored_this_run"] == {tiny_llama: 16, peer: 16}
+    assert [m["id"] for m in result.summary.models] == [tiny_llama, peer]
+    assert result.summary.scored_this_run == {tiny_llama: 16, peer: 16}
     assert np.isfinite(result.scores).all()
     assert torch.cuda.memory_allocated() <= before + 2**20  # the peer is gone once it has scored

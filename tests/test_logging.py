@@ -10,6 +10,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from selectit_trl import SelectiveSFTTrainer
 from selectit_trl.card import SECTION_TITLE, write_card_section
+from selectit_trl.summary import Summary
 from selectit_trl.store import read_summary
 
 
@@ -78,7 +79,7 @@ def test_model_card_gets_a_data_selection_section_matching_the_summary(trained):
 
 
 def test_card_section_replaces_itself_and_keeps_the_rest(tmp_path, trained):
-    _, summary, _ = trained
+    summary = Summary.from_json(trained[1])
     readme = tmp_path / "README.md"
     readme.write_text("# My model\n\nIntro.\n\n## Data selection\n\nstale\n\n## Training\n\nDetails.\n")
     write_card_section(readme, summary)

@@ -89,7 +89,7 @@ def test_probe_end_to_end_and_the_main_run_reuses_its_rows(tiny_llama, tmp_path,
     # The clean rows are stored like any others: the selection scores only the other 16 rows, and its numbers for
     # the probed rows are the probe's.
     selection = trainer.select()
-    assert selection.summary["scored_this_run"] == {tiny_llama: 24 - 8}
+    assert selection.summary.scored_this_run == {tiny_llama: 24 - 8}
     for row, score in zip(written["rows"], written["scores"][:8]):
         assert selection.scores[row] == pytest.approx(score, abs=1e-12)
     summary = read_summary(tmp_path)
@@ -101,13 +101,13 @@ def test_probe_is_skipped_when_turned_off_and_refused_on_a_single_row(tiny_llama
     trainer = SelectiveSFTTrainer(model=tiny_llama, args=cpu_config(tmp_path, selection_probe=False, selection_ratio=0.5),
                                   train_dataset=dataset)
     result = trainer.select()
-    assert result.summary["probe"] is None and not (selection_dir(tmp_path) / probe.PROBE_FILE).exists()
+    assert result.summary.probe is None and not (selection_dir(tmp_path) / probe.PROBE_FILE).exists()
 
     single = SelectiveSFTTrainer(model=tiny_llama, args=cpu_config(tmp_path / "one", selection_ratio=1.0),
                                  train_dataset=Dataset.from_list(_rows(1)))
     with pytest.raises(SelectionConfigError, match="at least two rows"):
         single.probe()
-    assert single.select().summary["probe"] is None  # a selection goes on without it
+    assert single.select().summary.probe is None  # a selection goes on without it
 
 
 def test_probe_under_zero3_uses_the_store_or_says_what_to_do(tiny_llama, tmp_path, zero3):

@@ -221,7 +221,7 @@ def test_a_torn_last_line_of_the_store_is_dropped_and_that_sample_scored_again(t
     with caplog.at_level(logging.WARNING, logger="selectit_trl.probability_store"):
         again = make_trainer(tiny_llama, dataset, tmp_path).select()
     assert "Dropped 1 incomplete or damaged line" in caplog.text and "Cut a torn last line" in caplog.text
-    assert again.summary["scored_this_run"] == {tiny_llama: 1}
+    assert again.summary.scored_this_run == {tiny_llama: 1}
     assert again.scores.tolist() == clean.scores.tolist()  # bit for bit: the sample ran in the same batch as before
     assert [json.loads(line)["tokens"] for line in store.read_text().splitlines()] == [
         json.loads(line)["tokens"] for line in lines
@@ -237,7 +237,7 @@ def test_a_record_of_the_wrong_shape_is_rejected(tiny_llama, demo_dataset, tmp_p
     records[4]["probs"][0][0] = float("nan")
     store.write_text("".join(json.dumps(r) + "\n" for r in records))
     again = make_trainer(tiny_llama, dataset, tmp_path).select()
-    assert again.summary["scored_this_run"] == {tiny_llama: 2}
+    assert again.summary.scored_this_run == {tiny_llama: 2}
     assert again.scores.tolist() == clean.scores.tolist()
 
 
@@ -281,7 +281,7 @@ def test_a_selection_from_an_earlier_version_is_scored_again(tiny_llama, demo_da
     summary["scoring_key"]["models"] = [m["id"] for m in summary["scoring_key"]["models"]]  # the 0.1 layout: bare ids
     summary_path.write_text(json.dumps(summary))
     again = make_trainer(tiny_llama, dataset, tmp_path).select()
-    assert again.summary["scored_this_run"] == {tiny_llama: 6}
+    assert again.summary.scored_this_run == {tiny_llama: 6}
     assert again.scores.tolist() == clean.scores.tolist()
 
 
@@ -304,7 +304,7 @@ def test_a_whole_last_record_without_its_newline_is_not_trusted_and_scored_again
     store = tmp_path / "selection" / "store" / "rank0.jsonl"
     store.write_bytes(store.read_bytes()[:-1])
     again = make_trainer(tiny_llama, dataset, tmp_path).select()
-    assert again.summary["scored_this_run"] == {tiny_llama: 1}
+    assert again.summary.scored_this_run == {tiny_llama: 1}
     assert again.scores.tolist() == clean.scores.tolist()
     assert store.read_bytes().endswith(b"\n") and len(store.read_text().splitlines()) == 6
 
@@ -437,7 +437,7 @@ def test_overwrite_sets_the_store_aside_once_for_select_then_train(tiny_llama, d
     dataset = demo_dataset(8)
     make_trainer(tiny_llama, dataset, tmp_path).select()
     trainer = make_trainer(tiny_llama, dataset, tmp_path, selection_overwrite=True)
-    assert trainer.select().summary["scored_this_run"] == {tiny_llama: 8}
+    assert trainer.select().summary.scored_this_run == {tiny_llama: 8}
     trainer.train()
     assert trainer.selection_result.reused  # train() reuses what select() just scored
     assert len(list((tmp_path / "selection").glob("store.replaced-*"))) == 1

@@ -11,6 +11,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from selectit_trl import SelectiveSFTTrainer, measuring, probe, strategies
 from selectit_trl.card import card_section, selection_metrics
+from selectit_trl.summary import Summary
 from selectit_trl.errors import SelectionConfigError
 from selectit_trl.formats import rating_samples, resolve_format
 from selectit_trl.losses import TargetRequests, iter_loss_batches
@@ -174,7 +175,7 @@ def test_difficulty_strategy_end_to_end(kind, tiny_llama, demo_dataset, tmp_path
     assert [m["id"] for m in summary["models"]] == [tiny_llama] and summary["prompts"] == []
     stored = read_store(tmp_path).values()
     assert len(stored) == 12 and {r["kind"] for r in stored} == {kind}
-    section = card_section(summary)
+    section = card_section(Summary.from_json(summary))
     assert f"| Method | {kind}, run by selectit-trl |" in section and "Rating prompts (K)" not in section
     # The report has no SelectIT ratings to show.
     assert write_report(tmp_path).startswith(f"{kind} kept 3 of 12 samples")
@@ -253,7 +254,7 @@ def test_probe_scores_the_strategy(tiny_llama, demo_dataset, tmp_path):
     assert result["auroc"]["combined"] == pytest.approx(probe.auroc(np.where(eligible, mix, -1.0), labels), abs=1e-12)
     summary = read_summary(tmp_path)
     assert summary["probe"]["auroc_by_strategy"] == result["auroc_by_strategy"]
-    metrics = selection_metrics(summary)
+    metrics = selection_metrics(Summary.from_json(summary))
     assert metrics["selection/probe_auroc"] == result["auroc"]["combined"]
     assert {k: v for k, v in metrics.items() if k.startswith("selection/probe_auroc/")} == {
         f"selection/probe_auroc/{name}": value for name, value in result["auroc_by_strategy"].items()}
