@@ -82,7 +82,7 @@ LOW_PRECISION = ("bf16", "4bit", "4bit-nested", "fp4", "int8")  # in bf16, but f
 def compute_dtype(precision: str, device: str) -> torch.dtype:
     """The dtype a configuration's matmuls run in: "4bit" is the default configuration, so its compute dtype is
     the one `dtype: auto` picks for this hardware; the other low-precision ones compute in bf16."""
-    from selectit_trl import hardware
+    from selectit_trl.engine import hardware
 
     if precision == "4bit":
         return hardware.auto_compute_dtype(torch.device(device).type)
@@ -96,7 +96,7 @@ def data_dir() -> Path:
 def load_samples(path: Path, rows: int):
     from datasets import Dataset
 
-    from selectit_trl.formats import rating_samples
+    from selectit_trl.data.formats import rating_samples
 
     with open(path, encoding="utf-8") as handle:
         records = json.load(handle)[:rows]
@@ -195,7 +195,7 @@ def reset_peak_rss() -> bool:
 @torch.no_grad()
 def released_probs(model, tokenizer, samples, lines, token_ids) -> tuple[np.ndarray, int]:
     """The released procedure: each request alone, unpadded, logits over the vocabulary at every position."""
-    from selectit_trl.prompts import render_prompt_first
+    from selectit_trl.engine.prompts import render_prompt_first
 
     out = np.zeros((len(samples), len(lines), len(token_ids)))
     tokens = 0
@@ -210,7 +210,7 @@ def released_probs(model, tokenizer, samples, lines, token_ids) -> tuple[np.ndar
 
 def processed_tokens(requests, shared: bool) -> int:
     """Real tokens a path runs through the model (padding not counted)."""
-    from selectit_trl.scoring import packed_width
+    from selectit_trl.engine.scoring import packed_width
 
     if shared:
         return sum(packed_width(r) for r in requests)
@@ -221,7 +221,7 @@ def setup(name: str, data: Path, rows: int, model_path: str, device: str):
     """Samples, tokenizer, prompts and model of one configuration, loaded as the timed runs use them."""
     from transformers import AutoTokenizer
 
-    from selectit_trl.prompts import load_prompts
+    from selectit_trl.engine.prompts import load_prompts
 
     layout, prompt_set, precision, engine = CONFIGS[name]
     samples = load_samples(data, rows)
@@ -233,9 +233,9 @@ def setup(name: str, data: Path, rows: int, model_path: str, device: str):
 def run_config(name: str, data: Path, rows: int, repeats: int, reference_rows: int, budget: int | None, save: Path | None,
                model_path: str, device: str) -> dict:
     """One configuration in this process: warm up, time `repeats` runs, then compare with the unbatched path."""
-    from selectit_trl.models import compiled_blocks, scoring_mode
-    from selectit_trl.prompts import build_requests, score_token_ids
-    from selectit_trl.scoring import (
+    from selectit_trl.engine.models import compiled_blocks, scoring_mode
+    from selectit_trl.engine.prompts import build_requests, score_token_ids
+    from selectit_trl.engine.scoring import (
         can_share_prefixes,
         default_max_batch_tokens,
         last_token_probs,
@@ -333,14 +333,14 @@ def spearman(x: np.ndarray, y: np.ndarray) -> float:
 
 def kept_overlap(x: np.ndarray, y: np.ndarray, ratio: float = 0.2) -> float:
     """Share of the rows kept under one set of scores that the other keeps too (the default ratio)."""
-    from selectit_trl import reflection
+    from selectit_trl.selection import reflection
 
     a, b = (set(reflection.select(s, ratio, None).tolist()) for s in (x, y))
     return len(a & b) / len(a)
 
 
 def selectit_scores(probs: np.ndarray) -> np.ndarray:
-    from selectit_trl import reflection
+    from selectit_trl.selection import reflection
 
     token = reflection.token_scores(reflection.normalize(probs, "paper"))
     return reflection.sentence_scores(token, 0.2)
@@ -429,9 +429,9 @@ def profile(name: str, data: Path, rows: int, budget: int | None, model_path: st
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
-    from selectit_trl.models import compiled_blocks, scoring_mode
-    from selectit_trl.prompts import build_requests, score_token_ids
-    from selectit_trl.scoring import score_requests
+    from selectit_trl.engine.models import compiled_blocks, scoring_mode
+    from selectit_trl.engine.prompts import build_requests, score_token_ids
+    from selectit_trl.engine.scoring import score_requests
 
     layout, compiled = CONFIGS[name][0], CONFIGS[name][3] == "compiled"
     samples, tokenizer, prompts, model = setup(name, data, rows, model_path, device)
@@ -489,7 +489,7 @@ def main() -> None:
     parser.add_argument("--save", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    from selectit_trl.scoring import cap_onednn_cache
+    from selectit_trl.engine.scoring import cap_onednn_cache
 
     cap_onednn_cache()  # as the trainer does, so that the figures are those users get; children inherit it
     alpaca = data_dir() / "alpaca_subsets" / "llamafactory_alpaca_en_demo.json"
@@ -503,7 +503,7 @@ def main() -> None:
 
     from transformers import AutoConfig
 
-    from selectit_trl.models import parameter_count
+    from selectit_trl.engine.models import parameter_count
 
     if args.random_model:
         model_path = str(build_random_model(args.random_model, args.tokenizer or _embedded()))
@@ -519,7 +519,7 @@ def main() -> None:
 
     parameters = parameter_count(AutoConfig.from_pretrained(model_path))
     peaks = {"fp32": matmul_peak(torch.float32, device), "bf16": matmul_peak(torch.bfloat16, device)}
-    from selectit_trl import hardware
+    from selectit_trl.engine import hardware
 
     where = (torch.cuda.get_device_name(device) if device.startswith("cuda")
              else f"{torch.get_num_threads()} threads of a {hardware.cpu_kind()} CPU")
@@ -593,7 +593,7 @@ def main() -> None:
 
 
 def _embedded() -> str:
-    from selectit_trl.models import embedded_model_path
+    from selectit_trl.engine.models import embedded_model_path
 
     return str(embedded_model_path())
 

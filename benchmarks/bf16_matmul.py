@@ -1,6 +1,6 @@
 """Does this CPU run bf16 matmuls natively? The detection's answer, and the timings that back it.
 
-Prints what `selectit_trl.hardware` detects (the kind of CPU, native bf16 or not, the compute dtype `dtype: auto`
+Prints what `selectit_trl.engine.hardware` detects (the kind of CPU, native bf16 or not, the compute dtype `dtype: auto`
 picks) and the median time of a square matmul in fp32 and in bf16. Run it under the AVX2 emulation to check that
 the emulation really slows bf16 down before trusting figures measured under it:
 
@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from selectit_trl import hardware
+from selectit_trl.engine import hardware
 
 
 def median_ms(dtype: torch.dtype, size: int, repeats: int) -> float:

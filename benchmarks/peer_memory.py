@@ -49,7 +49,7 @@ def build(shape: str, folder: Path) -> str:
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from selectit_trl.models import embedded_model_path
+    from selectit_trl.engine.models import embedded_model_path
 
     tokenizer = AutoTokenizer.from_pretrained(embedded_model_path())
     torch.manual_seed(0)
@@ -102,7 +102,7 @@ def main() -> None:
     if args.child:
         child(args.child[0], args.child[1:], args.rows, Path(args.out))
         return
-    from selectit_trl.models import embedded_model_path
+    from selectit_trl.engine.models import embedded_model_path
 
     largest = embedded_model_path()
     with tempfile.TemporaryDirectory() as tmp:

@@ -45,7 +45,7 @@ def main() -> None:
             scoring.append(summary["scoring_seconds"])
             print(f"run {run + 1}: wall {walls[-1]:.1f} s, scoring {scoring[-1]:.1f} s "
                   f"({summary['counts']['total'] / scoring[-1]:.2f} samples/s)", flush=True)
-    from selectit_trl.hardware import auto_compute_dtype, cpu_kind
+    from selectit_trl.engine.hardware import auto_compute_dtype, cpu_kind
 
     print(f"CPU: {cpu_kind()}, compute dtype {str(auto_compute_dtype('cpu')).removeprefix('torch.')}"
           + (f", overrides: {' '.join(overrides)}" if overrides else ""))

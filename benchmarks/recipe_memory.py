@@ -159,7 +159,7 @@ def main() -> None:
         Path(args.out).write_text(json.dumps(result))
         return
     if args.tokenizer is None:
-        from selectit_trl.models import embedded_model_path
+        from selectit_trl.engine.models import embedded_model_path
 
         args.tokenizer = embedded_model_path()
     RESULTS.mkdir(parents=True, exist_ok=True)

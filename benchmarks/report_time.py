@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from selectit_trl import reflection  # noqa: E402
-from selectit_trl.store import write_selection  # noqa: E402
+from selectit_trl.store.outputs import write_selection  # noqa: E402
 
 
 def make_selection(output_dir: Path, rows: int, k: int = 5, s: int = 5, seed: int = 0) -> None:

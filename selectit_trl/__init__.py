@@ -5,10 +5,10 @@ import importlib
 # Imported on first use, so that `selectit-trl report` and other torch-free parts start without loading torch,
 # transformers and TRL (several seconds).
 _EXPORTS = {
-    "SelectiveSFTConfig": ".config",
+    "SelectiveSFTConfig": ".training.config",
     "SelectITError": ".errors",
-    "embedded_model_path": ".models",
-    "SelectiveSFTTrainer": ".trainer",
+    "embedded_model_path": ".engine.models",
+    "SelectiveSFTTrainer": ".training.trainer",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -29,8 +29,8 @@ USAGE = """usage: selectit-trl {score,train,probe,report} ...
 def _parser():
     from trl import ModelConfig, ScriptArguments, TrlParser
 
-    from .config import SelectiveSFTConfig
-    from .loading import DataArguments
+    from .data.loading import DataArguments
+    from .training.config import SelectiveSFTConfig
 
     return TrlParser((ScriptArguments, SelectiveSFTConfig, ModelConfig, DataArguments))
 
@@ -63,9 +63,9 @@ def build_trainer(script_args, training_args, model_args, data_args=None, scorin
     """
     from trl import get_peft_config, get_quantization_config
 
-    from . import hardware
-    from .loading import load_datasets
-    from .trainer import SelectiveSFTTrainer
+    from .data.loading import load_datasets
+    from .engine import hardware
+    from .training.trainer import SelectiveSFTTrainer
 
     if model_args.load_in_4bit and model_args.dtype in ("auto", None):
         # TRL gives the 4-bit compute dtype the value of `dtype`, and "auto" is no compute dtype: pick it for the
@@ -116,8 +116,8 @@ def _show_progress_messages() -> None:
 
 
 def _print_probe(result: dict, output_dir) -> None:
-    from .probe import PROBE_FILE
-    from .store import selection_dir
+    from .selection.probe import PROBE_FILE
+    from .store.outputs import selection_dir
 
     # Per SelectIT model, then per strategy of a mix, then the ranking the selection uses.
     scorers = {**{m: v for m, v in result["auroc"].items() if m != "combined"}, **result.get("auroc_by_strategy", {}),
@@ -160,7 +160,7 @@ def leave_process_group() -> None:
 
 
 def _run_command(command: str, trainer, training_args) -> None:
-    from .report import write_report
+    from .reporting.report import write_report
 
     if command == "probe":
         result = trainer.probe()
@@ -232,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     run_state: dict = {}
     try:
         if command == "report":
-            from .report import main as report_main
+            from .reporting.report import main as report_main
 
             return report_main(rest)
         return run(command, rest, run_state)
@@ -247,7 +247,7 @@ def _fail(command: str, error: BaseException, output_dir) -> int:
     stopped because another failed says which one and why. Such a process then exits at once: a collective still
     pending could otherwise hold its shutdown until the process-group timeout.
     """
-    from . import processes
+    from .selection import processes
 
     rank, size = processes.world()
     outcome = _one_line(error)

@@ -22,7 +22,7 @@ import torch
 from datasets import Dataset
 
 from selectit_trl import SelectiveSFTConfig, embedded_model_path
-from selectit_trl.loading import demo_dataset_path
+from selectit_trl.data.loading import demo_dataset_path
 
 
 @pytest.fixture(scope="session")
@@ -112,7 +112,7 @@ def cpu_config(output_dir, **overrides) -> SelectiveSFTConfig:
 def zero3(monkeypatch):
     """`zero3(True)` makes the trainer see DeepSpeed ZeRO-3 as on, the way transformers reports it (DeepSpeed is not
     installed here); `zero3(False)` turns it off again."""
-    from selectit_trl import trainer
+    from selectit_trl.training import trainer
 
     return lambda enabled: monkeypatch.setattr(trainer, "is_deepspeed_zero3_enabled", lambda: enabled)
 

@@ -7,9 +7,9 @@ from conftest import cpu_config
 from transformers import AutoModelForCausalLM
 
 from selectit_trl import SelectiveSFTTrainer
+from selectit_trl.engine.models import compiled_blocks, repeated_blocks
 from selectit_trl.errors import SelectionConfigError
-from selectit_trl.models import compiled_blocks, repeated_blocks
-from selectit_trl.probability_store import read_store
+from selectit_trl.store.ledger import read_store
 
 
 def store_values(output_dir) -> dict:

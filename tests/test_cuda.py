@@ -15,15 +15,16 @@ from peft import LoraConfig
 
 from selectit_trl import SelectiveSFTConfig, SelectiveSFTTrainer
 from selectit_trl.cli import main
-from selectit_trl.models import scoring_mode
-from selectit_trl.prompts import (
+from selectit_trl.engine.models import scoring_mode
+from selectit_trl.engine.prompts import (
     RatingPrompts,
     RatingSample,
     build_requests,
     score_token_ids,
 )
-from selectit_trl.scoring import last_token_probs, score_requests
-from selectit_trl.store import read_scores, read_summary
+from selectit_trl.engine.scoring import last_token_probs, score_requests
+from selectit_trl.store.outputs import read_scores, read_summary
+from selectit_trl.training.model_init import peer_rater
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 
@@ -110,7 +111,7 @@ def test_a_4bit_peer_loads_on_the_gpu_scores_and_is_released(tiny_llama, tokeniz
     )
     trainer = SelectiveSFTTrainer(model=tiny_llama, args=args, train_dataset=demo_dataset(16))
     assert trainer.model.device.type == "cuda"
-    rater = trainer._peer_rater(args.peer_specs()[0])
+    rater = peer_rater(trainer.args, trainer.model, args.peer_specs()[0])
     loaded = rater.load()
     assert loaded.get_input_embeddings().weight.device.type == "cuda"
     assert loaded.config.quantization_config.load_in_4bit

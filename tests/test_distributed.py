@@ -211,7 +211,7 @@ def test_a_failing_process_stops_the_other_at_once_and_a_rerun_resumes(tiny_llam
     # Every stored record is whole, and a rerun without the poisoned row measures only what is missing.
     store = out / "selection" / "store"
     assert all(path.read_bytes().endswith(b"\n") for path in store.glob("*.jsonl") if path.stat().st_size)
-    from selectit_trl.probability_store import read_store
+    from selectit_trl.store.ledger import read_store
 
     stored = len(read_store(out))
     assert 0 < stored < ROWS - 1

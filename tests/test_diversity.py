@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 from conftest import cpu_config
 
-from selectit_trl import SelectiveSFTTrainer, diversity
+from selectit_trl import SelectiveSFTTrainer
+from selectit_trl.data.formats import rating_samples, resolve_format
 from selectit_trl.errors import SelectionConfigError
-from selectit_trl.formats import rating_samples, resolve_format
-from selectit_trl.store import read_scores, read_summary, selection_dir
+from selectit_trl.selection import diversity
+from selectit_trl.store.outputs import read_scores, read_summary, selection_dir
 
 
 def on_circle(degrees):

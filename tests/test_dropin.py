@@ -10,16 +10,16 @@ from pathlib import Path
 
 import pytest
 import torch
+import trl
 from conftest import cpu_config
 from datasets import Dataset
 from peft import LoraConfig
-import trl
 from trl import SFTTrainer
 
 from selectit_trl import SelectiveSFTTrainer
+from selectit_trl.data.rows import RatingSample
 from selectit_trl.errors import DatasetError, SelectionConfigError
-from selectit_trl.prompts import RatingSample
-from selectit_trl.store import read_scores
+from selectit_trl.store.outputs import read_scores
 
 LORA = dict(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj"])
 ROWS = 10

@@ -11,8 +11,8 @@ from peft import LoraConfig
 from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
 from selectit_trl import SelectiveSFTTrainer
-from selectit_trl.models import EMBEDDED_MODEL_ID
-from selectit_trl.store import read_scores, read_summary
+from selectit_trl.engine.models import EMBEDDED_MODEL_ID
+from selectit_trl.store.outputs import read_scores, read_summary
 
 pytestmark = pytest.mark.slow
 

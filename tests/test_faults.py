@@ -20,8 +20,8 @@ from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
 from selectit_trl import SelectiveSFTTrainer
 from selectit_trl.errors import DatasetError, OutputDirError, SelectionConfigError
-from selectit_trl.probability_store import read_store, store_dir
-from selectit_trl.store import read_summary, selection_dir
+from selectit_trl.store.ledger import read_store, store_dir
+from selectit_trl.store.outputs import read_summary, selection_dir
 
 pytestmark = pytest.mark.slow
 
@@ -123,12 +123,12 @@ def test_a_negative_model_weight_is_one_line_before_the_model_loads(tiny_llama, 
 
 def test_prompts_that_never_name_the_scale_are_warned_about(tiny_llama, demo_dataset, tmp_path, caplog):
     prompts = ["Rate the response.", "Rate it from 1 to {score_max}."]
-    with caplog.at_level(logging.WARNING, logger="selectit_trl.trainer"):
+    with caplog.at_level(logging.WARNING, logger="selectit_trl.training.trainer"):
         make_trainer(tiny_llama, demo_dataset(8), tmp_path, selection_prompts=prompts, selection_num_prompts=2)
     assert ("1 of the 2 rating prompts never name the scale's top (5), for example 'Rate the response.'"
             in caplog.text)
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="selectit_trl.trainer"):
+    with caplog.at_level(logging.WARNING, logger="selectit_trl.training.trainer"):
         make_trainer(tiny_llama, demo_dataset(8), tmp_path / "default")
     assert "never name the scale" not in caplog.text
 
@@ -215,7 +215,7 @@ def test_output_files_follow_the_umask(tiny_llama, demo_dataset, tmp_path):
 
 def test_the_probe_says_why_it_skips_and_when_it_has_too_few_pairs(tiny_llama, demo_rows, tmp_path, caplog):
     row = {k: demo_rows[0][k] for k in ("instruction", "input", "output")}
-    with caplog.at_level(logging.WARNING, logger="selectit_trl.selection"):
+    with caplog.at_level(logging.WARNING, logger="selectit_trl.selection.pipeline"):
         make_trainer(tiny_llama, Dataset.from_list([row] * 6), tmp_path / "same", selection_probe=True,
                      selection_ratio=0.5).select()
     assert ("The signal probe needs at least two rows with different instructions and different, non-empty "
@@ -224,7 +224,7 @@ def test_the_probe_says_why_it_skips_and_when_it_has_too_few_pairs(tiny_llama, d
     assert read_summary(tmp_path / "same")["probe"] is None
     caplog.clear()
     rows = [{k: r[k] for k in ("instruction", "input", "output")} for r in demo_rows[:3]]
-    with caplog.at_level(logging.WARNING, logger="selectit_trl.selection"):
+    with caplog.at_level(logging.WARNING, logger="selectit_trl.selection.pipeline"):
         make_trainer(tiny_llama, Dataset.from_list(rows), tmp_path / "three", selection_probe=True,
                      selection_ratio=1.0).select()
     # 1.96 * sqrt((2 * 3 + 1) / (12 * 3 ** 2)) = 0.4990...

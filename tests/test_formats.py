@@ -9,8 +9,7 @@ import json
 import pytest
 from datasets import Dataset, Features, Translation, load_dataset
 
-from selectit_trl.errors import DatasetError
-from selectit_trl.formats import (
+from selectit_trl.data.formats import (
     FORMATS,
     RowFormatError,
     detect_format,
@@ -18,8 +17,9 @@ from selectit_trl.formats import (
     training_dataset,
     translation_prompt,
 )
-from selectit_trl.loading import load_translation_directions, parse_direction
-from selectit_trl.prompts import RatingSample
+from selectit_trl.data.loading import load_translation_directions, parse_direction
+from selectit_trl.data.rows import RatingSample
+from selectit_trl.errors import DatasetError
 
 ROWS = {
     "alpaca": {"instruction": "Add the numbers.", "input": "2 and 3", "output": "5"},

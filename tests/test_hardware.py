@@ -16,8 +16,8 @@ import torch
 from conftest import build_tiny_llama, cpu_config
 from transformers import AutoModelForCausalLM
 
-from selectit_trl import hardware
-from selectit_trl.trainer import _load_dtype
+from selectit_trl.engine import hardware
+from selectit_trl.training.model_init import load_dtype
 
 pytestmark = pytest.mark.slow
 
@@ -28,9 +28,10 @@ AVX2 = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
 REPORT = r"""
 import json, logging, os, sys
 import bitsandbytes as bnb
-from selectit_trl import hardware
+from selectit_trl.engine import hardware
 from selectit_trl.cli import build_trainer, parse_args
-from selectit_trl.peers import parse_peer
+from selectit_trl.engine.peers import parse_peer
+from selectit_trl.training.model_init import peer_rater
 
 messages = []
 handler = logging.Handler()
@@ -38,7 +39,7 @@ handler.emit = lambda record: messages.append(record.getMessage())
 logging.getLogger("selectit_trl").addHandler(handler)
 trainer = build_trainer(*parse_args(sys.argv[1:]))
 four_bit = [m for m in trainer.model.modules() if isinstance(m, bnb.nn.Linear4bit)]
-peer = trainer._peer_rater(parse_peer(os.environ["PEER"])).load()  # a peer in its default 4-bit
+peer = peer_rater(trainer.args, trainer.model, parse_peer(os.environ["PEER"])).load()  # a peer in its default 4-bit
 print(json.dumps({
     "native": hardware.native_cpu_bf16(),
     "weights": str(trainer.model.get_input_embeddings().weight.dtype),
@@ -116,7 +117,7 @@ def test_auto_keeps_fp32_checkpoints_and_16_bit_ones_only_where_native(monkeypat
 def test_the_emulation_warning_is_given_once(monkeypatch, caplog):
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
     monkeypatch.setattr(hardware, "_warned", set())
-    with caplog.at_level(logging.WARNING, logger="selectit_trl.hardware"):
+    with caplog.at_level(logging.WARNING, logger="selectit_trl.engine.hardware"):
         assert hardware.warn_if_emulated(torch.bfloat16, "cpu", "Peer p") is True
         assert hardware.warn_if_emulated(torch.bfloat16, "cpu", "Peer p") is False
         assert hardware.warn_if_emulated(torch.float32, "cpu", "Peer q") is False
@@ -135,14 +136,14 @@ def bf16_checkpoint(tmp_path_factory, tokenizer) -> str:
 def test_auto_in_any_spelling_loads_a_bf16_checkpoint_in_fp32_where_bf16_is_emulated(bf16_checkpoint, tmp_path, monkeypatch,
                                                                                       init):
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
-    assert _load_dtype(bf16_checkpoint, dict(init), None, cpu_config(tmp_path)) == torch.float32
-    assert _load_dtype(bf16_checkpoint, {}, None, cpu_config(tmp_path)) is None  # no dtype at all: TRL's float32
+    assert load_dtype(bf16_checkpoint, dict(init), None, cpu_config(tmp_path)) == torch.float32
+    assert load_dtype(bf16_checkpoint, {}, None, cpu_config(tmp_path)) is None  # no dtype at all: TRL's float32
 
 
 def test_a_4bit_config_given_as_a_dict_sets_the_compute_dtype_and_is_warned_about(tiny_llama, tmp_path, monkeypatch, caplog):
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
     monkeypatch.setattr(hardware, "_warned", set())
     quantization = {"load_in_4bit": True, "bnb_4bit_compute_dtype": "bfloat16"}
-    with caplog.at_level(logging.WARNING, logger="selectit_trl.hardware"):
-        assert _load_dtype(tiny_llama, {"dtype": "auto"}, quantization, cpu_config(tmp_path)) == torch.bfloat16
+    with caplog.at_level(logging.WARNING, logger="selectit_trl.engine.hardware"):
+        assert load_dtype(tiny_llama, {"dtype": "auto"}, quantization, cpu_config(tmp_path)) == torch.bfloat16
     assert "The model being tuned computes in bfloat16" in caplog.text

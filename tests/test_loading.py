@@ -7,8 +7,8 @@ from types import SimpleNamespace
 import pytest
 from datasets import Dataset
 
+from selectit_trl.data.loading import load_train_dataset
 from selectit_trl.errors import DatasetError
-from selectit_trl.loading import load_train_dataset
 
 
 def script_args(name) -> SimpleNamespace:

@@ -9,9 +9,9 @@ from peft import LoraConfig
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from selectit_trl import SelectiveSFTTrainer
-from selectit_trl.card import SECTION_TITLE, write_card_section
-from selectit_trl.summary import Summary
-from selectit_trl.store import read_summary
+from selectit_trl.store.outputs import read_summary
+from selectit_trl.store.summary import Summary
+from selectit_trl.training.card import SECTION_TITLE, write_card_section
 
 
 def _rows(n):

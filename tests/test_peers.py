@@ -9,10 +9,12 @@ from conftest import build_tiny_llama, cpu_config
 from peft import LoraConfig
 from transformers import AutoModelForCausalLM
 
-from selectit_trl import hardware, SelectiveSFTTrainer, embedded_model_path
+from selectit_trl import SelectiveSFTTrainer, embedded_model_path
+from selectit_trl.engine import hardware
+from selectit_trl.engine.peers import PeerSpec, parse_peer
 from selectit_trl.errors import SelectionConfigError
-from selectit_trl.peers import PeerSpec, parse_peer
-from selectit_trl.store import read_scores, read_summary
+from selectit_trl.store.outputs import read_scores, read_summary
+from selectit_trl.training.model_init import peer_rater
 
 
 @pytest.fixture(scope="module")
@@ -94,8 +96,8 @@ def test_three_peers_of_other_sizes_in_4bit_match_a_hand_computation(tiny_llama,
     for record in store:
         records_by_model[record["model_id"]][record["sample"]] = record["probs"]
     assert all(len(records) == 8 for records in records_by_model.values())
-    from selectit_trl.formats import rating_samples
-    from selectit_trl.measuring import sample_hash
+    from selectit_trl.data.formats import rating_samples
+    from selectit_trl.measures.measurer import sample_hash
 
     order = [sample_hash(s) for s in rating_samples(dataset, None)]
     scores = [r["score"] for r in read_scores(tmp_path)]
@@ -106,12 +108,13 @@ def test_three_peers_of_other_sizes_in_4bit_match_a_hand_computation(tiny_llama,
 
 def test_a_peer_loads_in_4bit_by_default_and_as_asked_otherwise(tiny_llama, peer, demo_dataset, tmp_path):
     trainer = SelectiveSFTTrainer(model=tiny_llama, args=cpu_config(tmp_path), train_dataset=demo_dataset(5))
-    quantised = trainer._peer_rater(parse_peer(peer)).load()
+    quantised = peer_rater(trainer.args, trainer.model, parse_peer(peer)).load()
     assert quantised.config.quantization_config.load_in_4bit
     # By default, the compute dtype `dtype: auto` picks: bf16 only where this CPU runs it natively.
     native = torch.bfloat16 if hardware.native_cpu_bf16() else torch.float32
     assert quantised.config.quantization_config.bnb_4bit_compute_dtype == native
-    plain = trainer._peer_rater(parse_peer({"model": peer, "load_in_4bit": False, "dtype": "float32"})).load()
+    plain_entry = parse_peer({"model": peer, "load_in_4bit": False, "dtype": "float32"})
+    plain = peer_rater(trainer.args, trainer.model, plain_entry).load()
     assert getattr(plain.config, "quantization_config", None) is None and plain.dtype == torch.float32
 
 

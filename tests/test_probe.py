@@ -9,10 +9,11 @@ import pytest
 from conftest import cpu_config
 from datasets import Dataset
 
-from selectit_trl import SelectiveSFTTrainer, probe
+from selectit_trl import SelectiveSFTTrainer
+from selectit_trl.data.rows import RatingSample
 from selectit_trl.errors import SelectionConfigError
-from selectit_trl.prompts import RatingSample
-from selectit_trl.store import read_summary, selection_dir
+from selectit_trl.selection import probe
+from selectit_trl.store.outputs import read_summary, selection_dir
 
 
 def pairwise_auroc(scores, labels):

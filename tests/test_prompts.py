@@ -3,19 +3,19 @@
 import numpy as np
 import pytest
 
-from selectit_trl.errors import SelectionConfigError
-from selectit_trl.prompts import (
-    prompts_without_scale,
+from selectit_trl.engine.prompts import (
     DEFAULT_RATING_PREAMBLE,
     DEFAULT_RATING_PROMPTS,
     RatingPrompts,
     RatingSample,
     build_requests,
     load_prompts,
+    prompts_without_scale,
     render_prompt_first,
     sample_first_texts,
     score_token_ids,
 )
+from selectit_trl.errors import SelectionConfigError
 
 
 def test_prompt_first_is_the_released_layout_byte_for_byte():
@@ -142,7 +142,7 @@ def test_score_tokens_must_be_single_tokens(tokenizer):
 
 
 def test_where_the_rating_digit_is_its_own_token(tokenizer):
-    from selectit_trl.prompts import rating_token_follows
+    from selectit_trl.engine.prompts import rating_token_follows
 
     one = score_token_ids(tokenizer, 5)[0]
     assert rating_token_follows(tokenizer, "sample_first", True, one)

@@ -5,14 +5,14 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-from selectit_trl.models import scoring_mode
-from selectit_trl.prompts import (
+from selectit_trl.engine.models import scoring_mode
+from selectit_trl.engine.prompts import (
     RatingSample,
     build_requests,
     load_prompts,
     score_token_ids,
 )
-from selectit_trl.scoring import last_token_probs, score_requests
+from selectit_trl.engine.scoring import last_token_probs, score_requests
 
 
 def load_qlora(path):

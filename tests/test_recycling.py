@@ -10,13 +10,16 @@ from datasets import Dataset
 from test_strategies import unbatched_loss
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from selectit_trl import SelectiveSFTTrainer, measuring, recycling, strategies
+from selectit_trl import SelectiveSFTTrainer, strategies
+from selectit_trl.data.formats import rating_samples, resolve_format
+from selectit_trl.data.rows import RatingSample
+from selectit_trl.engine.prompts import build_target_requests, turn_texts
 from selectit_trl.errors import SelectionConfigError
-from selectit_trl.formats import rating_samples, resolve_format
-from selectit_trl.probability_store import _valid, read_plans, read_store
-from selectit_trl.prompts import RatingSample, build_target_requests, turn_texts
-from selectit_trl.report import write_report
-from selectit_trl.store import read_scores, read_summary
+from selectit_trl.measures import measurer as measuring
+from selectit_trl.reporting.report import write_report
+from selectit_trl.selection import recycling
+from selectit_trl.store.ledger import _valid, read_plans, read_store
+from selectit_trl.store.outputs import read_scores, read_summary
 
 NEW_TOKENS = 6
 

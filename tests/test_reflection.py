@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from selectit_trl import reflection as rf
+from selectit_trl.selection import reflection as rf
 
 
 def test_paper_normalisation_renormalises():

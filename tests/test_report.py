@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from selectit_trl import report
 from selectit_trl.cli import main as cli_main
-from selectit_trl.store import selection_dir
+from selectit_trl.reporting import report
+from selectit_trl.store.outputs import selection_dir
 
 # Six rows, two models, K=3 prompts, S=3. The values are chosen so that every statistic has a closed form.
 SCORES = [0.9, 0.1, 0.5, 0.7, 0.3, 0.2]  # ranks 6 1 4 5 3 2; the top two (rows 0 and 3) are kept

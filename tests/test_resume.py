@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from datasets import Dataset
 
-from selectit_trl import formats
-from selectit_trl.measuring import sample_hash
+from selectit_trl.data import formats
+from selectit_trl.measures.measurer import sample_hash
 
 pytestmark = pytest.mark.slow
 

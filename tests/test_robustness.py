@@ -14,6 +14,14 @@ from test_trainer import make_trainer
 from transformers import AutoModelForCausalLM
 
 from selectit_trl import SelectiveSFTTrainer
+from selectit_trl.engine.prompts import (
+    RatingSample,
+    build_requests,
+    load_prompts,
+    score_token_ids,
+    truncate_middle,
+)
+from selectit_trl.engine.scoring import SampleRequests, last_token_probs, score_requests
 from selectit_trl.errors import (
     DatasetError,
     ModelSourceError,
@@ -21,15 +29,7 @@ from selectit_trl.errors import (
     RowFormatError,
     ScoringOutOfMemory,
 )
-from selectit_trl.prompts import (
-    RatingSample,
-    build_requests,
-    load_prompts,
-    score_token_ids,
-    truncate_middle,
-)
-from selectit_trl.scoring import SampleRequests, last_token_probs, score_requests
-from selectit_trl.store import read_scores, read_summary
+from selectit_trl.store.outputs import read_scores, read_summary
 
 
 def rows(demo_rows, n):
@@ -41,7 +41,7 @@ def test_empty_responses_are_scored_listed_and_never_kept(tiny_llama, demo_rows,
     # Blank, empty, and invisible only: zero-width spaces, and a byte-order mark, word joiner and soft hyphen.
     for i, text in {2: "  ", 5: "\u200b\u200b\u200b", 7: "", 8: "\ufeff \u2060\u00ad\n"}.items():
         data[i]["output"] = text
-    with caplog.at_level(logging.WARNING, logger="selectit_trl.selection"):
+    with caplog.at_level(logging.WARNING, logger="selectit_trl.selection.pipeline"):
         result = make_trainer(tiny_llama, Dataset.from_list(data), tmp_path, selection_ratio=1.0).select()
     assert "4 row(s) have an empty response" in caplog.text
     assert sorted(result.selected_indices) == [0, 1, 3, 4, 6, 9]  # ratio 1.0 keeps everything else
@@ -93,7 +93,7 @@ def test_a_sample_longer_than_the_context_is_truncated_and_marked(tokenizer, dem
 def test_samples_that_render_alike_are_scored_once_in_one_batch(tokenizer, demo_rows, tmp_path):
     """Two long responses that differ only in the middle are cut to the same tokens: one store key, so one place in
     one planned batch (two would make a resume replay one of them outside its batch)."""
-    from selectit_trl.probability_store import read_plans
+    from selectit_trl.store.ledger import read_plans
 
     model_path = build_tiny_llama(tmp_path / "short-context", tokenizer, max_positions=512)
     data = rows(demo_rows, 6)
@@ -152,7 +152,7 @@ def test_out_of_memory_halves_the_budget_and_loses_nothing(tiny_llama, tokenizer
     expected = score_requests(model, requests, ids, pad, max_batch_tokens=10**6, progress=False, share_prefix=share_prefix)
     fault = _OutOfMemoryAbove(model, limit=1500)
     model.forward = fault
-    with caplog.at_level(logging.WARNING, logger="selectit_trl.scoring"):
+    with caplog.at_level(logging.WARNING, logger="selectit_trl.engine.scoring"):
         got = score_requests(model, requests, ids, pad, max_batch_tokens=10**6, progress=False, share_prefix=share_prefix)
     assert "Out of memory on a batch of 12 samples; retrying with a budget of" in caplog.text
     assert np.abs(got - expected).max() < 1e-5
@@ -218,7 +218,7 @@ def test_a_torn_last_line_of_the_store_is_dropped_and_that_sample_scored_again(t
     store = tmp_path / "selection" / "store" / "rank0.jsonl"
     lines = store.read_text().splitlines(keepends=True)
     store.write_text("".join(lines[:-1]) + lines[-1][: len(lines[-1]) // 2])  # a write cut off mid-line
-    with caplog.at_level(logging.WARNING, logger="selectit_trl.probability_store"):
+    with caplog.at_level(logging.WARNING, logger="selectit_trl.store.ledger"):
         again = make_trainer(tiny_llama, dataset, tmp_path).select()
     assert "Dropped 1 incomplete or damaged line" in caplog.text and "Cut a torn last line" in caplog.text
     assert again.summary.scored_this_run == {tiny_llama: 1}
@@ -289,7 +289,7 @@ def test_a_garbled_summary_is_replaced_from_the_store(tiny_llama, demo_dataset, 
     dataset = demo_dataset(6)
     clean = make_trainer(tiny_llama, dataset, tmp_path).select()
     (tmp_path / "selection" / "summary.json").write_text('{"format_version": 1, "scoring_key": {"data')
-    with caplog.at_level(logging.WARNING, logger="selectit_trl.store"):
+    with caplog.at_level(logging.WARNING, logger="selectit_trl.store.outputs"):
         assert read_summary(tmp_path) is None
     assert "cannot be read" in caplog.text
     again = make_trainer(tiny_llama, dataset, tmp_path).select()
@@ -310,7 +310,7 @@ def test_a_whole_last_record_without_its_newline_is_not_trusted_and_scored_again
 
 
 def test_damaged_records_that_parse_are_dropped_not_fatal(tmp_path):
-    from selectit_trl.probability_store import read_store
+    from selectit_trl.store.ledger import read_store
 
     folder = tmp_path / "selection" / "store"
     folder.mkdir(parents=True)
@@ -342,9 +342,9 @@ def test_a_missing_sample_runs_again_in_the_very_batch_width_and_row_its_plan_ga
         tiny_llama, tokenizer, demo_rows, tmp_path, share_prefix):
     """On CPUs without AMX the floats of a forward pass depend on the batch's shape, so exactness on resume needs
     the batch itself again: the rows, their order and the padded width that the first plan gave them."""
-    from selectit_trl.measuring import _PlanBook, token_hashes
-    from selectit_trl.probability_store import read_plans
-    from selectit_trl.scoring import iter_score_batches
+    from selectit_trl.engine.scoring import iter_score_batches
+    from selectit_trl.measures.measurer import _PlanBook, token_hashes
+    from selectit_trl.store.ledger import read_plans
 
     model = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32, attn_implementation="sdpa").eval()
     log = model.forward = _ShapeLog(model)
@@ -380,9 +380,9 @@ def test_a_planned_batch_over_the_budget_now_is_planned_again_unless_part_of_it_
                                                                                             demo_rows, tmp_path):
     """A lower budget (after running out of memory, or on another device) holds for a resumed run too, except where
     a batch is partly stored: its missing samples are exact only in that batch."""
-    from selectit_trl.measuring import _PlanBook, token_hashes
-    from selectit_trl.probability_store import read_plans
-    from selectit_trl.scoring import bucket_width, iter_score_batches, packed_width
+    from selectit_trl.engine.scoring import bucket_width, iter_score_batches, packed_width
+    from selectit_trl.measures.measurer import _PlanBook, token_hashes
+    from selectit_trl.store.ledger import read_plans
 
     model = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32, attn_implementation="sdpa").eval()
     requests = build_requests([RatingSample(r["instruction"], r["output"]) for r in demo_rows[:12]], load_prompts(2, 5),
@@ -409,7 +409,7 @@ def test_a_planned_batch_over_the_budget_now_is_planned_again_unless_part_of_it_
 
 
 def test_the_latest_plan_of_a_sample_wins_and_a_batch_that_lost_a_sample_is_not_replayed(tmp_path):
-    from selectit_trl.probability_store import append_plan, read_plans
+    from selectit_trl.store.ledger import append_plan, read_plans
 
     append_plan(tmp_path, 0, "m", "ratings", "whole-rows", [(64, ("a", "b", "c")), (32, ("d", "e"))])
     append_plan(tmp_path, 1, "m", "ratings", "whole-rows", [(64, ("c",))])  # c planned again, alone (out of memory)
@@ -424,7 +424,7 @@ def test_the_latest_plan_of_a_sample_wins_and_a_batch_that_lost_a_sample_is_not_
 
 def test_two_writers_on_one_store_file_are_refused(tmp_path):
     from selectit_trl.errors import StoreBusy
-    from selectit_trl.probability_store import StoreWriter
+    from selectit_trl.store.ledger import StoreWriter
 
     with StoreWriter(tmp_path):
         with pytest.raises(StoreBusy, match="two runs share this output_dir"):

@@ -10,15 +10,15 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
 
-from selectit_trl import scoring
-from selectit_trl.prompts import (
+from selectit_trl.engine import scoring
+from selectit_trl.engine.prompts import (
     RatingPrompts,
     RatingSample,
     build_requests,
     load_prompts,
     score_token_ids,
 )
-from selectit_trl.scoring import (
+from selectit_trl.engine.scoring import (
     SampleRequests,
     bucket_width,
     last_token_probs,
@@ -145,7 +145,7 @@ def test_prefix_sharing_that_disagrees_falls_back_to_whole_rows(model, tokenizer
     expected = unbatched(model, requests, ids, pad)
     # A model that ignored the block mask would give different numbers from whole rows; stand in for one.
     monkeypatch.setattr(scoring, "shared_prefix_probs", lambda m, r, i, p, width=None: np.full((len(r), 2, 5), 0.5))
-    with caplog.at_level(logging.WARNING, logger="selectit_trl.scoring"):
+    with caplog.at_level(logging.WARNING, logger="selectit_trl.engine.scoring"):
         got = score_requests(model, requests, ids, pad, progress=False)
     assert "disagree" in caplog.text
     assert np.abs(got - expected).max() < 1e-5

@@ -5,8 +5,8 @@ from conftest import cpu_config
 from datasets import load_dataset
 
 from selectit_trl import SelectiveSFTTrainer
-from selectit_trl.formats import detect_format, rating_samples
-from selectit_trl.store import read_scores
+from selectit_trl.data.formats import detect_format, rating_samples
+from selectit_trl.store.outputs import read_scores
 
 
 @pytest.fixture(scope="module")

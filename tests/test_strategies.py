@@ -9,16 +9,19 @@ from conftest import cpu_config
 from scipy.stats import rankdata
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from selectit_trl import SelectiveSFTTrainer, measuring, probe, strategies
-from selectit_trl.card import card_section, selection_metrics
-from selectit_trl.summary import Summary
+from selectit_trl import SelectiveSFTTrainer, strategies
+from selectit_trl.data.formats import rating_samples, resolve_format
+from selectit_trl.data.rows import RatingSample
+from selectit_trl.engine.losses import TargetRequests, iter_loss_batches
+from selectit_trl.engine.prompts import build_target_requests
 from selectit_trl.errors import SelectionConfigError
-from selectit_trl.formats import rating_samples, resolve_format
-from selectit_trl.losses import TargetRequests, iter_loss_batches
-from selectit_trl.probability_store import _valid, read_store
-from selectit_trl.prompts import RatingSample, build_target_requests
-from selectit_trl.report import write_report
-from selectit_trl.store import read_scores, read_summary, selection_dir
+from selectit_trl.measures import measurer as measuring
+from selectit_trl.reporting.report import write_report
+from selectit_trl.selection import probe
+from selectit_trl.store.ledger import _valid, read_store
+from selectit_trl.store.outputs import read_scores, read_summary, selection_dir
+from selectit_trl.store.summary import Summary
+from selectit_trl.training.card import card_section, selection_metrics
 
 # ---- the math -------------------------------------------------------------------------------------------------
 

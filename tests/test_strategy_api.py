@@ -12,7 +12,7 @@ import pytest
 from test_cli import cli, write_recipe
 from test_trainer import make_trainer
 
-from selectit_trl.store import read_scores, read_summary, selection_dir
+from selectit_trl.store.outputs import read_scores, read_summary, selection_dir
 from selectit_trl.strategies import Strategy, register_strategy, strategy_names
 
 pytestmark = pytest.mark.slow

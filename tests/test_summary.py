@@ -4,7 +4,7 @@ so far, and refuses a newer format rather than misread it."""
 import pytest
 
 from selectit_trl.errors import SelectionFilesError
-from selectit_trl.summary import FORMAT_VERSION, Summary
+from selectit_trl.store.summary import FORMAT_VERSION, Summary
 
 # summary.json as this version writes it, abridged to one model; the key order is the contract's.
 WRITTEN = {

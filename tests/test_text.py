@@ -2,7 +2,7 @@
 
 import pytest
 
-from selectit_trl.text import is_blank
+from selectit_trl.data.text import is_blank
 
 
 @pytest.mark.parametrize(

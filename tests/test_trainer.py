@@ -10,8 +10,10 @@ from datasets import Dataset
 from peft import LoraConfig
 from transformers import AutoModelForCausalLM
 
-from selectit_trl import SelectiveSFTTrainer, measuring, selection
-from selectit_trl.store import read_scores, read_summary
+from selectit_trl import SelectiveSFTTrainer
+from selectit_trl.measures import measurer as measuring
+from selectit_trl.selection import pipeline as selection
+from selectit_trl.store.outputs import read_scores, read_summary
 
 LORA = dict(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj"])
 
@@ -156,12 +158,12 @@ def test_another_model_scores_and_both_stay_in_the_store(tiny_llama, tokenizer, 
     dataset = demo_dataset(6)
     first = make_trainer(tiny_llama, dataset, tmp_path).select()
     other = build_tiny_llama(tmp_path_factory.mktemp("other"), tokenizer, seed=7)
-    assert make_trainer(other, dataset, tmp_path).select().summary["scored_this_run"] == {other: 6}
+    assert make_trainer(other, dataset, tmp_path).select().summary.scored_this_run == {other: 6}
     back = make_trainer(tiny_llama, dataset, tmp_path).select()  # the first model's probabilities are still stored
     assert back.reused and back.scores.tolist() == first.scores.tolist()
 
     overwritten = make_trainer(tiny_llama, dataset, tmp_path, selection_overwrite=True).select()
-    assert overwritten.summary["scored_this_run"] == {tiny_llama: 6}
+    assert overwritten.summary.scored_this_run == {tiny_llama: 6}
     assert overwritten.scores.tolist() == first.scores.tolist()
     set_aside = list((tmp_path / "selection").glob("store.replaced-*"))
     assert len(set_aside) == 1 and (set_aside[0] / "rank0.jsonl").is_file()  # moved aside, not deleted
@@ -176,7 +178,7 @@ def test_another_model_scores_and_both_stay_in_the_store(tiny_llama, tokenizer, 
 
 def test_changed_prompts_or_rows_score_only_what_they_touch(tiny_llama, demo_dataset, tmp_path):
     def scored(dataset, **overrides):
-        return make_trainer(tiny_llama, dataset, tmp_path, **overrides).select().summary["scored_this_run"]
+        return make_trainer(tiny_llama, dataset, tmp_path, **overrides).select().summary.scored_this_run
 
     dataset = demo_dataset(6)
     assert scored(dataset) == {tiny_llama: 6}

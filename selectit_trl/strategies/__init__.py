@@ -6,6 +6,8 @@ ones use the same API, one file each: `selectit`, `ifd` and `rifd` (difficulty.p
 (baselines.py).
 """
 
+# isort: skip_file
+# The built-in strategies register in this order, which is the order errors and docs list them in.
 from .base import (
     ENTRY_POINT_GROUP,
     MEASUREMENTS,
@@ -15,9 +17,7 @@ from .base import (
     register_strategy,
     strategy_names,
 )
-
-# Registered in this order, which is the order errors and docs list them in.
-from .selectit import SelectIT  # noqa: I001
+from .selectit import SelectIT
 from .difficulty import InstructionFollowingDifficulty, ReverseInstructionFollowingDifficulty, ifd, rifd
 from .baselines import Length, Random, random_values
 from .mix import StrategyScores, needed_measurements, needs_instructions, parse_strategy, score, strategies_of

@@ -30,14 +30,16 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from . import probability_store, strategies
-from .context import RunContext
-from .errors import StoredSelectionMismatch
-from .measuring import Difficulty, Measurer, Rater, free_memory, pad_id
-from .progress import ScoringProgress
-from .prompts import RatingSample, turn_texts
-from .scoring import input_device, left_pad
-from .text import is_blank
+from .. import strategies
+from ..context import RunContext
+from ..data.rows import RatingSample
+from ..data.text import is_blank
+from ..engine.prompts import turn_texts
+from ..engine.scoring import input_device, left_pad
+from ..errors import StoredSelectionMismatch
+from ..measures.measurer import Difficulty, Measurer, Rater, free_memory, pad_id
+from ..reporting.progress import ScoringProgress
+from ..store import ledger
 
 logger = logging.getLogger(__name__)
 
@@ -103,15 +105,15 @@ class _TeacherTexts:
         wanted = {(fingerprint, k) for k in keys}
 
         def found() -> dict[str, str]:
-            return {k: r["text"] for (_, k), r in probability_store.read_store(self.output_dir, wanted).items()
+            return {k: r["text"] for (_, k), r in ledger.read_store(self.output_dir, wanted).items()
                     if isinstance(r.get("text"), str)}
 
         have = found()
         # Read with the texts, before anyone appends: every process replays the same batches.
-        planned = probability_store.read_plans(self.output_dir, {fingerprint}).get((fingerprint, "rewrite", "generate"), [])
+        planned = ledger.read_plans(self.output_dir, {fingerprint}).get((fingerprint, "rewrite", "generate"), [])
         rank, world = self.shard
         # Rank 0's bar counts the other processes' texts too; it follows their files from before anyone appends.
-        follower = probability_store.StoreFollower(self.output_dir, rank) if world > 1 and self.progress else None
+        follower = ledger.StoreFollower(self.output_dir, rank) if world > 1 and self.progress else None
         self.barrier()  # every process has read the same store before any appends to it
         missing = sorted({k: i for i, k in enumerate(keys) if k not in have}.values())
         if missing:
@@ -159,10 +161,10 @@ class _TeacherTexts:
         )
         bar.start(missing, [len(p) + self.config.selection_teacher_max_new_tokens for p in prompts])
         try:
-            with probability_store.StoreWriter(self.output_dir, rank=rank) as writer:
+            with ledger.StoreWriter(self.output_dir, rank=rank) as writer:
                 # Recorded once this process holds the store's lock: a second run on the same output_dir is refused
                 # above, before its plan could replace this one's.
-                probability_store.append_plan(
+                ledger.append_plan(
                     self.output_dir, rank, self.teacher.fingerprint, "rewrite", "generate",
                     [(max(len(prompts[i]) for i in b), tuple(keys[i] for i in b))
                      for b, own in zip(fresh, owned[len(replayed):]) if own],

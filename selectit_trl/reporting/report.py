@@ -23,9 +23,9 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import rankdata
 
-from . import store
-from .errors import SelectionFilesError
-from .summary import Summary
+from ..errors import SelectionFilesError
+from ..store import outputs
+from ..store.summary import Summary
 
 REPORT_FILE = "report.md"
 PLOT_DPI = 100
@@ -47,12 +47,12 @@ class ScoreFiles:
 
 
 def read_score_files(output_dir) -> ScoreFiles:
-    raw = store.read_summary(output_dir)
+    raw = outputs.read_summary(output_dir)
     if raw is None:
         raise FileNotFoundError(
-            f"No finished selection in {store.selection_dir(output_dir)}: run `selectit-trl score` or `train` first."
+            f"No finished selection in {outputs.selection_dir(output_dir)}: run `selectit-trl score` or `train` first."
         )
-    summary = Summary.from_json(raw, str(store.selection_dir(output_dir) / store.SUMMARY_FILE))
+    summary = Summary.from_json(raw, str(outputs.selection_dir(output_dir) / outputs.SUMMARY_FILE))
     models = summary.rating_models
     names = list(summary.strategy)
     scores, selected, chars = [], [], []
@@ -60,8 +60,8 @@ def read_score_files(output_dir) -> ScoreFiles:
     sentence = {m: [] for m in models}
     token = {m: [] for m in models}
     top = {m: [] for m in models}
-    scores_file = store.selection_dir(output_dir) / store.SCORES_FILE
-    for number, record in enumerate(store.iter_scores(output_dir), start=1):  # streamed: 50k rows are ~75 MB of JSON
+    scores_file = outputs.selection_dir(output_dir) / outputs.SCORES_FILE
+    for number, record in enumerate(outputs.iter_scores(output_dir), start=1):  # streamed: 50k rows are ~75 MB of JSON
         try:
             scores.append(record["score"])
             selected.append(record["selected"])
@@ -76,12 +76,12 @@ def read_score_files(output_dir) -> ScoreFiles:
         except (KeyError, TypeError, IndexError, AttributeError):
             raise SelectionFilesError(
                 f"{scores_file}: record {number} lacks a field the report reads (edited, or from another run). "
-                f"{store.REBUILD_SCORES}") from None
+                f"{outputs.REBUILD_SCORES}") from None
     total = summary.counts.get("total", len(scores))
     if len(scores) != total:
         raise SelectionFilesError(
             f"{scores_file} holds {len(scores)} records, and summary.json counts {total} rows: the file was cut short "
-            f"or edited. {store.REBUILD_SCORES}")
+            f"or edited. {outputs.REBUILD_SCORES}")
     return ScoreFiles(
         summary=summary,
         scores=np.asarray(scores, dtype=np.float64),
@@ -452,7 +452,7 @@ def write_report(output_dir) -> str:
     """Write `selection/report.md` and its plots; return the short summary."""
     files = read_score_files(output_dir)
     stats = statistics(files)
-    folder = store.selection_dir(output_dir)
+    folder = outputs.selection_dir(output_dir)
     plots = write_plots(files, stats, folder)
     path = folder / REPORT_FILE
     path.write_text(report_text(output_dir, files, stats, plots), encoding="utf-8")

@@ -24,12 +24,11 @@ from datasets import (
     get_dataset_config_names,
     load_dataset,
 )
-
 from datasets.exceptions import DatasetGenerationError
 from pyarrow import ArrowException
 from trl import DatasetMixtureConfig, get_dataset
 
-from .errors import DatasetError
+from ..errors import DatasetError
 from .formats import LANGUAGE_NAMES
 
 logger = logging.getLogger(__name__)

@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass, field, fields
 
 from trl import SFTConfig
 
-from . import hardware
-from .diversity import DIVERSITY_MODES
-from .errors import SelectionConfigError
-from .formats import FORMATS
-from .peers import PeerSpec, parse_peer
-from .prompts import LAYOUTS
-from .reflection import NORMALIZATIONS
-from .strategies import parse_strategy
+from ..data.formats import FORMATS
+from ..engine import hardware
+from ..engine.peers import PeerSpec, parse_peer
+from ..engine.prompts import LAYOUTS
+from ..errors import SelectionConfigError
+from ..selection.diversity import DIVERSITY_MODES
+from ..selection.reflection import NORMALIZATIONS
+from ..strategies import parse_strategy
 
 
 @dataclass
@@ -242,6 +243,16 @@ class SelectiveSFTConfig(SFTConfig):
         for ok, message in checks:
             if not ok:
                 raise SelectionConfigError(message + ".")
+
+    @classmethod
+    def from_training_arguments(cls, args) -> SelectiveSFTConfig:
+        """A `TrainingArguments` or `SFTConfig` as a SelectiveSFTConfig with the selection defaults, as SFTTrainer
+        turns a `TrainingArguments` into an SFTConfig. The caller's object is read, never changed."""
+        values = args.to_dict()
+        values["hub_token"] = args.hub_token  # to_dict hides it
+        values.pop("push_to_hub_token", None)  # transformers < 5 lists it; the constructor no longer takes it
+        values = {k: v for k, v in values.items() if k in cls.__dataclass_fields__}
+        return cls(**copy.deepcopy(values))
 
     def peer_specs(self) -> list[PeerSpec]:
         return [parse_peer(entry) for entry in self.selection_peer_models or []]

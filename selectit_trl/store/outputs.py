@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from .errors import OutputDirError, SelectionFilesError
+from ..errors import OutputDirError, SelectionFilesError
 
 logger = logging.getLogger(__name__)
 

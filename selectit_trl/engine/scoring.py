@@ -28,8 +28,8 @@ from typing import NamedTuple, Protocol
 import numpy as np
 import torch
 
-from .errors import NonFiniteScoresError, ScoringOutOfMemory
-from .progress import ScoringProgress
+from ..errors import NonFiniteScoresError, ScoringOutOfMemory
+from ..reporting.progress import ScoringProgress
 
 logger = logging.getLogger(__name__)
 
@@ -347,7 +347,7 @@ def check_fits(model, lengths: Sequence[int]) -> None:
 
 
 class PlanBook(Protocol):
-    """Where the batch plans of one model and measurement are kept between runs (`measuring.py` keeps them in the
+    """Where the batch plans of one model and measurement are kept between runs (`measurer.py` keeps them in the
     score store). Batches are given as sample indices of the current call, with the width they run at."""
 
     def recorded(self, layout: str) -> list[tuple[list[int], int]]:

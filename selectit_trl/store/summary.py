@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from .errors import SelectionFilesError
+from ..errors import SelectionFilesError
 
 FORMAT_VERSION = 1
 # Without these a summary cannot say what was kept or how: the report, the card and a resumed run need them.

@@ -23,13 +23,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from . import probability_store
-from .context import RunContext
-from .errors import NonFiniteScoresError, StoredSelectionMismatch, StoreWriteError
-from .losses import fit_target_requests, iter_loss_batches
-from .models import compiled_blocks
-from .progress import ScoringProgress
-from .prompts import (
+from ..context import RunContext
+from ..engine.losses import fit_target_requests, iter_loss_batches
+from ..engine.models import compiled_blocks
+from ..engine.prompts import (
     RatingPrompts,
     RatingSample,
     build_requests,
@@ -38,7 +35,10 @@ from .prompts import (
     score_token_ids,
     truncate_middle,
 )
-from .scoring import SampleRequests, iter_score_batches
+from ..engine.scoring import SampleRequests, iter_score_batches
+from ..errors import NonFiniteScoresError, StoredSelectionMismatch, StoreWriteError
+from ..reporting.progress import ScoringProgress
+from ..store import ledger
 
 logger = logging.getLogger(__name__)
 
@@ -225,7 +225,7 @@ class _PlanBook:
         return batches
 
     def record(self, layout: str, batches) -> None:
-        probability_store.append_plan(
+        ledger.append_plan(
             self.output_dir, self.rank, self.fingerprint, self.kind, layout,
             [(width, tuple(self.keys[j] for j in members)) for members, width in batches],
         )
@@ -270,12 +270,12 @@ class Measurer:
 
         rank, world = self.shard
         wanted = {(r.fingerprint, key) for r in raters for key in keys[r.model_id]}
-        stored = probability_store.read_store(self.output_dir, wanted)
+        stored = ledger.read_store(self.output_dir, wanted)
         # Plans are read with the records, before anyone appends, so that every process replays the same batches.
-        plans = probability_store.read_plans(self.output_dir, {r.fingerprint for r in raters})
+        plans = ledger.read_plans(self.output_dir, {r.fingerprint for r in raters})
         # Rank 0's progress bars count the other processes' records too; it starts following their files before
         # any process can append to them.
-        follower = probability_store.StoreFollower(self.output_dir, rank) if world > 1 and self.progress else None
+        follower = ledger.StoreFollower(self.output_dir, rank) if world > 1 and self.progress else None
         self.barrier()  # every process has read the same store before any appends to it, so they plan the same batches
 
         def found_in(stored: dict) -> dict[str, list]:
@@ -293,7 +293,7 @@ class Measurer:
             have = ~fresh[rater.model_id]
             if not self.allow_scoring:
                 raise StoredSelectionMismatch(
-                    f"The score store in {probability_store.store_dir(self.output_dir)} lacks {int((~have).sum())} "
+                    f"The score store in {ledger.store_dir(self.output_dir)} lacks {int((~have).sum())} "
                     f"sample(s) of {measure.kind} for {rater.model_id} under these data, prompts and weights. A resumed "
                     "run must train on the subset it started with: resume with the original settings, or start a "
                     "fresh output_dir."
@@ -321,7 +321,7 @@ class Measurer:
                 free_memory()
         if scored_now:
             self.barrier()  # every process's share is in the store before anyone reads it back
-            found = found_in(probability_store.read_store(self.output_dir, wanted))
+            found = found_in(ledger.read_store(self.output_dir, wanted))
         values_by_model = {}
         for rater in raters:
             missing = [j for j, values in enumerate(found[rater.model_id]) if values is None]
@@ -353,7 +353,7 @@ class Measurer:
         extra = measure.record_fields()
         try:
             with (compiled_blocks(model, self.config.selection_compile),
-                  probability_store.StoreWriter(output_dir, rank=self.shard[0]) as writer):
+                  ledger.StoreWriter(output_dir, rank=self.shard[0]) as writer):
                 batches = measure.batches(
                     model, rater, requests, max_batch_tokens=self.config.selection_max_batch_tokens,
                     progress=progress, done=done, shard=self.shard, plan_book=plan_book,
@@ -371,12 +371,12 @@ class Measurer:
             raise NonFiniteScoresError(
                 f"{rater.model_id} gave {row_word} {row} NaN or infinite {measure.noun}: its logits overflowed or its "
                 "weights hold NaN. Score in bf16 or fp32 rather than fp16, or check the weights. The samples measured "
-                f"before it are kept in {probability_store.store_dir(output_dir)}; scores.jsonl and summary.json are "
+                f"before it are kept in {ledger.store_dir(output_dir)}; scores.jsonl and summary.json are "
                 "unchanged.",
                 sample_index=row,
             ) from None
         except OSError as error:  # a full disk, a quota, a folder made read-only: the store holds every whole batch
-            store = probability_store.store_dir(output_dir)
+            store = ledger.store_dir(output_dir)
             raise StoreWriteError(
                 f"Measuring {measure.kind} with {rater.model_id} stopped: cannot write {error.filename or store} "
                 f"({error.strerror or error}). {written} sample(s) of this run are safely stored in {store}, with "
@@ -388,7 +388,7 @@ class Measurer:
             logger.warning(
                 "Measuring %s with %s stopped: %d sample(s) of this run are saved in %s, with %d stored before. Run "
                 "the same command again (without --overwrite) to resume from there.",
-                measure.kind, rater.model_id, written, probability_store.store_dir(output_dir), int(have.sum()),
+                measure.kind, rater.model_id, written, ledger.store_dir(output_dir), int(have.sum()),
             )
             raise
         return time.perf_counter() - started

@@ -28,9 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .context import RunContext
-from .errors import SelectionConfigError
-from .store import atomic_write, selection_dir
+from ..context import RunContext
+from ..errors import SelectionConfigError
+from ..store.outputs import atomic_write, selection_dir
 
 logger = logging.getLogger(__name__)
 

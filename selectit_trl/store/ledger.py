@@ -54,8 +54,8 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
-from .errors import StoreBusy
-from .store import selection_dir
+from ..errors import StoreBusy
+from .outputs import selection_dir
 
 logger = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from .errors import SelectionConfigError
+from ..errors import SelectionConfigError
 
 PEER_DTYPES = ("auto", "bfloat16", "float16", "float32")
 

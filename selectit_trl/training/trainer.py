@@ -4,223 +4,49 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import hashlib
 import json
 import logging
 import os
 from pathlib import Path
 
-import torch
 from datasets import Dataset, DatasetDict, IterableDataset, IterableDatasetDict
-from peft import PeftModel
 from transformers import (
-    AutoConfig,
-    AutoModelForCausalLM,
     AutoTokenizer,
-    BitsAndBytesConfig,
     PreTrainedModel,
-    TrainerCallback,
     TrainingArguments,
 )
 from transformers.integrations import is_deepspeed_zero3_enabled
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
+from transformers.trainer_utils import get_last_checkpoint
 from trl import SFTTrainer
 
-from . import diversity, formats, hardware, processes, store, strategies
-from .card import selection_metrics, write_card_section
-from .config import SelectiveSFTConfig
-from .context import RunContext
-from .errors import DatasetError, SelectionConfigError, StoredSelectionMismatch
-from .measuring import Rater
-from .models import (
+from .. import strategies
+from ..context import RunContext
+from ..data import formats
+from ..engine import hardware
+from ..engine.models import (
     EMBEDDED_MODEL_ID,
     check_model_source,
     embedded_model_path,
-    model_fingerprint,
-    parameter_count,
     scoring_mode,
 )
-from .peers import PeerSpec
-from .prompts import prompts_without_scale, score_token_ids
-from .recycling import RECYCLABLE_FORMATS
-from .scoring import cap_onednn_cache
-from .selection import (
-    SelectionResult,
-    check_instructions,
-    check_keeps_rows,
-    empty_responses,
-    rating_prompts,
-    run_probe,
-    run_selection,
-)
+from ..engine.prompts import prompts_without_scale, score_token_ids
+from ..engine.scoring import cap_onednn_cache
+from ..errors import DatasetError, SelectionConfigError, StoredSelectionMismatch
+from ..measures.measurer import Rater
+from ..selection import diversity, processes
+from ..selection.checks import check_instructions, check_keeps_rows, empty_responses
+from ..selection.pipeline import SelectionResult, run_selection
+from ..selection.plan import rating_prompts
+from ..selection.probing import run_probe
+from ..selection.recycling import RECYCLABLE_FORMATS
+from ..store import outputs
+from .callbacks import CHECKPOINT_SELECTION_FILE, LogSelection, RecordSelectionInCheckpoints
+from .card import write_card_section
+from .config import SelectiveSFTConfig
+from .model_init import check_quantized_model_has_adapters, four_bit_compute, load_dtype, peer_rater, tuned_rater
+from .streams import fingerprinting, is_shuffled, kept_rows, row_fingerprint
 
 logger = logging.getLogger(__name__)
-
-CHECKPOINT_SELECTION_FILE = "selection.json"
-
-
-def _context_length(config) -> int | None:
-    return getattr(config.get_text_config(), "max_position_embeddings", None)
-
-
-# What from_pretrained's keyword arguments say about where a configuration is found, for reading it alone.
-_CONFIG_LOCATION_KEYS = ("revision", "trust_remote_code", "token", "cache_dir", "subfolder", "local_files_only",
-                         "gguf_file")
-
-
-def _four_bit_compute(quantization) -> torch.dtype | None:
-    """The compute dtype of a 4-bit quantisation config (an object or its dict form), None when not 4-bit."""
-    if isinstance(quantization, dict):  # another method's dict (GPTQ, AWQ) has no load_in_4bit
-        if not quantization.get("load_in_4bit"):
-            return None
-        quantization = BitsAndBytesConfig.from_dict(quantization)
-    if not getattr(quantization, "load_in_4bit", False):
-        return None
-    return hardware.as_dtype(getattr(quantization, "bnb_4bit_compute_dtype", None)) or torch.float32
-
-
-def _load_dtype(model: str, init_kwargs: dict, quantization, args) -> torch.dtype | str | None:
-    """The dtype the model being tuned loads in, with `auto` resolved for the hardware (`hardware.py`).
-
-    In 4-bit, `auto` loads the layers left out of the quantisation in the compute dtype, as TRL's recipes do with
-    one `dtype` for both. A dtype given as None means `auto`, as it does in transformers; with no dtype at all,
-    TRL's own default (float32) applies. A 16-bit dtype that this CPU only emulates still loads, after one
-    warning with the measured slowdown.
-    """
-    device = hardware.device_type(args)
-    if "dtype" in init_kwargs or "torch_dtype" in init_kwargs:  # torch_dtype: the legacy name
-        requested = hardware.as_dtype(init_kwargs.get("dtype", init_kwargs.get("torch_dtype"))) or "auto"
-    else:
-        requested = None
-    compute = _four_bit_compute(quantization)
-    if requested == "auto":
-        if compute is not None:
-            requested = compute
-        else:
-            location = {k: init_kwargs[k] for k in _CONFIG_LOCATION_KEYS if k in init_kwargs}
-            config = AutoConfig.from_pretrained(model, **location)
-            requested = hardware.resolve_dtype("auto", device, getattr(config, "dtype", None))
-    hardware.warn_if_emulated(compute or requested, device, "The model being tuned")
-    return requested
-
-
-class _RecordSelectionInCheckpoints(TrainerCallback):
-    """Writes the identity of the training subset into every checkpoint, so a resume can check it."""
-
-    def __init__(self, trainer: SelectiveSFTTrainer):
-        self.trainer = trainer
-
-    def on_save(self, args, state, control, **kwargs):
-        result = self.trainer.selection_result
-        folder = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
-        if result is not None and state.is_world_process_zero and os.path.isdir(folder):
-            marker = {k: getattr(result.summary, k) for k in ("selected_indices_sha256", "counts", "selection_config")}
-            with open(os.path.join(folder, CHECKPOINT_SELECTION_FILE), "w", encoding="utf-8") as handle:
-                json.dump(marker, handle, indent=2)
-
-
-class _LogSelection(TrainerCallback):
-    """Sends the selection's statistics to every `report_to` logger when training starts, as step 0."""
-
-    def __init__(self, trainer: SelectiveSFTTrainer):
-        self.trainer = trainer
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        # The loggers' own on_train_begin has run by now (they come first in the callback list), so a TensorBoard
-        # writer or W&B run exists to take these. A resumed run logged them when it started the first time.
-        # They go to the loggers only, not into state.log_history, which keeps exactly the entries SFTTrainer's has
-        # (scripts read log_history[0] as the first eval); summary.json records them.
-        if self.trainer.selection_result is not None and state.global_step == 0:
-            metrics = selection_metrics(self.trainer.selection_result.summary)
-            self.trainer.callback_handler.on_log(args, state, control, {**metrics, "epoch": state.epoch or 0.0})
-
-
-def _eval_in_training_shape(eval_dataset, conversational: bool, fmt: str | None, text_field: str):
-    """The eval set in the shape the training rows take (`formats.training_dataset`), so that eval loss is
-    computed as the training loss is. Each set of a dict is converted alone. A set in a shape TRL trains on, one
-    in no known shape, an iterable one, or an empty one goes to SFTTrainer as it is; TRL prepares it."""
-    if isinstance(eval_dataset, dict):  # a DatasetDict too
-        return type(eval_dataset)({name: _eval_in_training_shape(part, conversational, fmt, text_field)
-                                   for name, part in eval_dataset.items()})
-    if not isinstance(eval_dataset, Dataset) or len(eval_dataset) == 0:
-        return eval_dataset
-    if fmt is None:
-        try:
-            fmt = formats.detect_format(eval_dataset.column_names, text_field)
-        except DatasetError:
-            return eval_dataset
-    return formats.training_dataset(eval_dataset, conversational, fmt, text_field)
-
-
-def _is_shuffled(dataset: IterableDataset) -> bool:
-    """Whether an iterable dataset reorders its rows from one epoch to the next (`IterableDataset.shuffle`)."""
-    examples = getattr(dataset, "_ex_iterable", None)
-    while examples is not None:
-        if "Shuffled" in type(examples).__name__:
-            return True
-        examples = getattr(examples, "ex_iterable", None)
-    return False
-
-
-def _row_fingerprint(row: dict) -> str:
-    """A short digest of a row's content, to check that an iterable dataset gives the rows it was rated on."""
-    return hashlib.blake2b(json.dumps(row, sort_keys=True, default=repr, ensure_ascii=False).encode("utf-8"),
-                           digest_size=8).hexdigest()
-
-
-def _fingerprinting(rows: IterableDataset, fingerprints: list[str]):
-    """The rows, unchanged, each one's fingerprint appended to `fingerprints` as it goes by."""
-    for row in rows:
-        fingerprints.append(_row_fingerprint(row))
-        yield row
-
-
-def _kept_rows(pool: IterableDataset, kept: list[int], fingerprints: list[str]) -> IterableDataset:
-    """An iterable dataset restricted to the kept rows: a filter by position in a second pass, which checks each
-    kept row against the one that was rated."""
-    wanted = set(kept)
-
-    def keep(row: dict, index: int) -> bool:
-        if index not in wanted:
-            return False
-        if index >= len(fingerprints) or _row_fingerprint(row) != fingerprints[index]:
-            raise DatasetError(
-                f"The iterable train_dataset gave another row at position {index} on its second pass than when it "
-                "was rated. Selection keeps rows by position, so the dataset must give the same rows in the same "
-                "order each time it is iterated: pass it unshuffled, from a source that can be read again."
-            )
-        return True
-
-    return pool.filter(keep, with_indices=True)
-
-
-def _check_quantized_model_has_adapters(model, quantization, peft_config) -> None:
-    """A quantized model trains only through adapters: transformers refuses it otherwise, after it has loaded."""
-    if peft_config is not None or isinstance(model, PeftModel):
-        return
-    if isinstance(model, str):
-        quantized = quantization is not None and bool(
-            getattr(quantization, "load_in_4bit", False) or getattr(quantization, "load_in_8bit", False)
-            or (isinstance(quantization, dict) and (quantization.get("load_in_4bit") or quantization.get("load_in_8bit"))))
-    else:
-        quantized = bool(getattr(model, "is_quantized", False))
-    if quantized:
-        raise SelectionConfigError(
-            "The model is quantized (load_in_4bit or load_in_8bit), and a quantized model trains only through LoRA "
-            "adapters: set use_peft: true (from Python, pass peft_config=LoraConfig(...)), or load it unquantized. "
-            "`selectit-trl score` alone needs neither."
-        )
-
-
-def _as_selective_config(args: TrainingArguments) -> SelectiveSFTConfig:
-    """A `TrainingArguments` or `SFTConfig` as a SelectiveSFTConfig with the selection defaults, as SFTTrainer
-    turns a `TrainingArguments` into an SFTConfig. The caller's object is read, never changed."""
-    values = args.to_dict()
-    values["hub_token"] = args.hub_token  # to_dict hides it
-    values.pop("push_to_hub_token", None)  # transformers < 5 lists it; the constructor no longer takes it
-    values = {k: v for k, v in values.items() if k in SelectiveSFTConfig.__dataclass_fields__}
-    return SelectiveSFTConfig(**copy.deepcopy(values))
-
 
 class SelectiveSFTTrainer(SFTTrainer):
     """
@@ -290,7 +116,7 @@ class SelectiveSFTTrainer(SFTTrainer):
         if args is None:
             args = SelectiveSFTConfig(output_dir=f"{self.selection_model_id.split('/')[-1]}-SelectIT")
         elif not isinstance(args, SelectiveSFTConfig):
-            args = _as_selective_config(args)
+            args = SelectiveSFTConfig.from_training_arguments(args)
         else:
             # The load settings below are this trainer's; the caller's config, and its model_init_kwargs, stay as
             # they were.
@@ -303,21 +129,21 @@ class SelectiveSFTTrainer(SFTTrainer):
                 f"train_dataset is a {type(train_dataset).__name__} with the splits {list(train_dataset)}: pass one split, "
                 f"such as train_dataset[{next(iter(train_dataset), 'train')!r}]."
             )
-        store.check_writable(args.output_dir)
+        outputs.check_writable(args.output_dir)
         # Weights load from safetensors only, unless the user opts in to pickle files (checked here for local paths,
         # before anything loads; transformers refuses pickle-only hub repositories itself).
         allow_pickle = (args.model_init_kwargs or {}).get("use_safetensors") is False
         quantization = quantization_config or (args.model_init_kwargs or {}).get("quantization_config")
         if isinstance(model, str):
             args.model_init_kwargs = {"use_safetensors": True, **(args.model_init_kwargs or {})}
-            dtype = _load_dtype(model, args.model_init_kwargs, quantization, args)
+            dtype = load_dtype(model, args.model_init_kwargs, quantization, args)
             if dtype is not None:
                 args.model_init_kwargs.pop("torch_dtype", None)  # the legacy name, now resolved into "dtype"
                 args.model_init_kwargs["dtype"] = dtype
         else:
-            compute = _four_bit_compute(getattr(model.config, "quantization_config", None))
+            compute = four_bit_compute(getattr(model.config, "quantization_config", None))
             hardware.warn_if_emulated(compute or model.dtype, hardware.device_type(args), "The model being tuned")
-        _check_quantized_model_has_adapters(model, quantization, peft_config)
+        check_quantized_model_has_adapters(model, quantization, peft_config)
         others = [*args.peer_specs(), *filter(None, [args.teacher_spec()])]
         for source in ([model] if isinstance(model, str) else []) + [peer.model for peer in others]:
             check_model_source(source, allow_pickle)
@@ -331,24 +157,24 @@ class SelectiveSFTTrainer(SFTTrainer):
         text_field = args.dataset_text_field
         fmt = self.dataset_format = formats.resolve_format(
             train_dataset, args.selection_dataset_format, text_field, formatting_func)
-        if isinstance(train_dataset, IterableDataset) and _is_shuffled(train_dataset):
+        if isinstance(train_dataset, IterableDataset) and is_shuffled(train_dataset):
             raise DatasetError(
                 "The iterable train_dataset is shuffled, so it gives its rows in another order each epoch, and the kept "
                 "rows, chosen by position, could not be found again. Pass it unshuffled; the Trainer draws batches in "
                 "random order from a map-style Dataset by itself."
             )
-        rows, self._row_fingerprints = train_dataset, None
+        rows, self.row_fingerprints = train_dataset, None
         if isinstance(train_dataset, IterableDataset):
             # One streaming pass: each row is rated, and its fingerprint kept to check it in the second pass.
-            self._row_fingerprints = []
-            rows = _fingerprinting(train_dataset, self._row_fingerprints)
+            self.row_fingerprints = []
+            rows = fingerprinting(train_dataset, self.row_fingerprints)
         self.rating_samples = formats.rating_samples(
             rows, fmt, text_field=text_field, tokenizer=tokenizer, formatting_func=formatting_func)
-        if self._row_fingerprints is not None:
+        if self.row_fingerprints is not None:
             # The kept rows are read in a second pass: a source that gives nothing more (a one-shot iterator
             # behind a generator) is refused now, from its first row, rather than found empty in train().
             first = next(iter(train_dataset), None)
-            if first is None or _row_fingerprint(first) != self._row_fingerprints[0]:
+            if first is None or row_fingerprint(first) != self.row_fingerprints[0]:
                 raise DatasetError(
                     "The iterable train_dataset cannot be iterated twice: after the pass that rated its rows, reading "
                     "it again gave " + ("nothing" if first is None else "another first row") + ". Selection reads "
@@ -363,7 +189,7 @@ class SelectiveSFTTrainer(SFTTrainer):
         self._user_rows = train_dataset
         self._selection_pool = formats.training_dataset(train_dataset, *self._training_shape)
         if formatting_func is None:
-            eval_dataset = _eval_in_training_shape(eval_dataset, conversational, args.selection_dataset_format, text_field)
+            eval_dataset = formats.eval_in_training_shape(eval_dataset, conversational, args.selection_dataset_format, text_field)
         self.selection_result: SelectionResult | None = None
         self._store_set_aside = False  # selection_overwrite applies to this trainer's first selection only
 
@@ -378,8 +204,8 @@ class SelectiveSFTTrainer(SFTTrainer):
         self._deferring_pool = False
         # Until train() cuts the subset, train_dataset is the whole pool, prepared only if someone reads it.
         self._pool_unprepared = not self._skip_prepare_dataset
-        self.add_callback(_RecordSelectionInCheckpoints(self))
-        self.add_callback(_LogSelection(self))
+        self.add_callback(RecordSelectionInCheckpoints(self))
+        self.add_callback(LogSelection(self))
 
     def _prepare_dataset(self, dataset, processing_class, args, packing, formatting_func, dataset_name):
         """TRL's preparation, except for the training pool while SFTTrainer.__init__ runs.
@@ -436,50 +262,10 @@ class SelectiveSFTTrainer(SFTTrainer):
         empty_responses(self.rating_samples, args.selection_strict)
 
     def _base_rater(self) -> Rater:
-        config = self.model.config
-        fingerprint = model_fingerprint(config, self._model_source, self.model.dtype)
-        return Rater(self.selection_model_id, self._tokenizer, fingerprint, parameter_count(config), load=lambda: self.model,
-                     max_positions=_context_length(config))
-
-    def _peer_rater(self, peer: PeerSpec) -> Rater:
-        """A peer (or the teacher), loaded only when its turn comes: in 4-bit NF4 unless its entry says otherwise."""
-        remote = self.args.trust_remote_code
-        init_kwargs = {"use_safetensors": True, **(self.args.model_init_kwargs or {})}
-        for tuned_only in ("revision", "dtype", "torch_dtype", "quantization_config", "device_map", "attn_implementation"):
-            init_kwargs.pop(tuned_only, None)  # the tuned model's settings mean nothing for another repository
-        init_kwargs["trust_remote_code"] = remote
-        if peer.revision:
-            init_kwargs["revision"] = peer.revision
-        device = self.model.get_input_embeddings().weight.device
-        # Loaded straight onto the scoring device (quantised as it loads, for 4-bit), not through host memory.
-        init_kwargs["device_map"] = {"": str(device)}
-        config = AutoConfig.from_pretrained(peer.model, revision=peer.revision, trust_remote_code=remote)
-        if peer.load_in_4bit:
-            # By default bf16 where the device runs it natively, else fp16 on a GPU and fp32 on a CPU (hardware.py).
-            compute = hardware.resolve_compute_dtype(peer.dtype, device.type)
-            init_kwargs["quantization_config"] = BitsAndBytesConfig(
-                load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute, bnb_4bit_use_double_quant=True
-            )
-            init_kwargs["dtype"] = compute
-        elif peer.dtype is None:
-            init_kwargs["dtype"] = self.model.dtype  # the tuned model's, already chosen for this hardware
-        else:
-            # A torch.dtype either way, so that the same load always gives the same fingerprint.
-            init_kwargs["dtype"] = hardware.resolve_dtype(peer.dtype, device.type, getattr(config, "dtype", None))
-            if init_kwargs["dtype"] == "auto":  # on a GPU: the checkpoint's dtype, as transformers reads it
-                init_kwargs["dtype"] = getattr(config, "dtype", None) or torch.float32
-        hardware.warn_if_emulated(init_kwargs["dtype"], device.type, f"Peer {peer.model_id}")
-
-        def load():
-            return AutoModelForCausalLM.from_pretrained(peer.model, **init_kwargs).eval()
-
-        fingerprint = model_fingerprint(config, peer.model, init_kwargs["dtype"], init_kwargs.get("quantization_config"))
-        tokenizer = AutoTokenizer.from_pretrained(peer.model, revision=peer.revision, trust_remote_code=remote)
-        return Rater(peer.model_id, tokenizer, fingerprint, parameter_count(config), load=load, release_after_use=True,
-                     max_positions=_context_length(config))
+        return tuned_rater(self.model, self.selection_model_id, self._model_source, self._tokenizer)
 
     def _raters(self) -> list[Rater]:
-        return [self._base_rater(), *(self._peer_rater(p) for p in self.args.peer_specs())]
+        return [self._base_rater(), *(peer_rater(self.args, self.model, p) for p in self.args.peer_specs())]
 
     def _context(self, allow_scoring: bool) -> RunContext:
         """This process among the run's processes, for the selection code."""
@@ -540,7 +326,7 @@ class SelectiveSFTTrainer(SFTTrainer):
                 expected_indices_sha256=expected_indices_sha256,
                 dataset_format=self.dataset_format,
                 overwrite=self.args.selection_overwrite and not self._store_set_aside,
-                teacher=self._peer_rater(teacher) if (teacher := self.args.teacher_spec()) else None,
+                teacher=peer_rater(self.args, self.model, teacher) if (teacher := self.args.teacher_spec()) else None,
             )
             self._store_set_aside = True
         context.barrier()  # the files are written before any process goes on
@@ -575,7 +361,7 @@ class SelectiveSFTTrainer(SFTTrainer):
             subset = self._selection_pool.select(kept)
         else:
             # The filter reads the user's own rows, as they were fingerprinted; any conversion follows it.
-            subset = formats.training_dataset(_kept_rows(self._user_rows, kept, self._row_fingerprints),
+            subset = formats.training_dataset(kept_rows(self._user_rows, kept, self.row_fingerprints),
                                               *self._training_shape)
         if result.recycled:
             # Rows that took a teacher's rewrite train on it, in the shape their format trains in.

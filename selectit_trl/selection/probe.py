@@ -6,7 +6,7 @@ mismatched says how much signal the scores carry: 0.5 is chance, 1.0 a perfect s
 self-ratings come out close to 0.5; a 7B model's do not. It costs 2n samples per model, so it runs before the
 full scoring, where an hour of scoring can still be saved.
 
-Pure functions: the probe's samples are scored by `selection.run_probe`, into the same store as the rest, so
+Pure functions: the probe's samples are scored by `probing.run_probe`, into the same store as the rest, so
 the clean rows are not scored again by the main run.
 """
 
@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-from .prompts import RatingSample
+from ..data.rows import RatingSample
 
 PROBE_FILE = "probe.json"
 # Below this many pairs of each kind the probe warns that its AUROC says little. With n clean and n mismatched

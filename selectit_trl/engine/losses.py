@@ -19,14 +19,14 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from .progress import ScoringProgress
+from ..reporting.progress import ScoringProgress
 from .scoring import (
     PlanBook,
-    input_device,
-    left_pad,
     bucket_width,
     check_fits,
     default_max_batch_tokens,
+    input_device,
+    left_pad,
     run_batches,
 )
 

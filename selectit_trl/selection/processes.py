@@ -22,8 +22,8 @@ from pathlib import Path
 
 import torch
 
-from .errors import PeerProcessFailed
-from .store import selection_dir
+from ..errors import PeerProcessFailed
+from ..store.outputs import selection_dir
 
 FAILURES_DIR = "failures"
 POLL_SECONDS = 0.05

@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from .summary import Summary
+from ..store.summary import Summary
 
 SECTION_TITLE = "## Data selection"
 PAPER = "[SelectIT](https://arxiv.org/abs/2402.16705) (Liu et al., 2024)"

@@ -35,8 +35,8 @@ from collections.abc import Callable, Iterable, Sequence
 
 from datasets import Dataset, IterableDataset, Translation, TranslationVariableLanguages
 
-from .errors import DatasetError, RowFormatError
-from .prompts import RatingSample
+from ..errors import DatasetError, RowFormatError
+from .rows import RatingSample
 
 # The columns each format needs, in the order detection tries them. Alpaca and instruction/output need the same
 # two; detection tells them apart by `input`, which Alpaca rows carry and which stays optional when named.
@@ -440,3 +440,20 @@ def training_row(sample: RatingSample, conversational: bool) -> dict:
             "completion": [{"role": "assistant", "content": sample.response}],
         }
     return {"prompt": f"Instruction:\n{sample.instruction}\n\nResponse:\n", "completion": sample.response}
+
+
+def eval_in_training_shape(eval_dataset, conversational: bool, fmt: str | None, text_field: str):
+    """The eval set in the shape the training rows take (`training_dataset`), so that eval loss is
+    computed as the training loss is. Each set of a dict is converted alone. A set in a shape TRL trains on, one
+    in no known shape, an iterable one, or an empty one goes to SFTTrainer as it is; TRL prepares it."""
+    if isinstance(eval_dataset, dict):  # a DatasetDict too
+        return type(eval_dataset)({name: eval_in_training_shape(part, conversational, fmt, text_field)
+                                   for name, part in eval_dataset.items()})
+    if not isinstance(eval_dataset, Dataset) or len(eval_dataset) == 0:
+        return eval_dataset
+    if fmt is None:
+        try:
+            fmt = detect_format(eval_dataset.column_names, text_field)
+        except DatasetError:
+            return eval_dataset
+    return training_dataset(eval_dataset, conversational, fmt, text_field)

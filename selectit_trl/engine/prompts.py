@@ -22,10 +22,11 @@ from dataclasses import dataclass
 import numpy as np
 from jinja2.exceptions import TemplateError
 
-from .errors import SelectionConfigError
+from ..data.rows import RatingSample
+from ..data.text import is_blank
+from ..errors import SelectionConfigError
 from .losses import TargetRequests
 from .scoring import SampleRequests
-from .text import is_blank
 
 LAYOUTS = ("sample_first", "prompt_first")
 
@@ -54,22 +55,6 @@ DEFAULT_RATING_PROMPTS: tuple[str, ...] = (
 # Marks where the sample ends inside a chat-template rendering, so the text can be cut there (see
 # `_chat_parts`). Any string a template passes through unchanged and no dataset contains would do.
 _SPLIT_MARK = "\u2063<selectit-split>\u2063"
-
-
-@dataclass(frozen=True)
-class RatingSample:
-    """What the model rates: the full instruction (with its input, if any) and the response.
-
-    A row with no instruction (a language-modelling text, a formatting function's output, pre-tokenized ids
-    without a mask) is a whole text: `instruction` is None and `response` holds the text.
-    """
-
-    instruction: str | None
-    response: str
-
-    @property
-    def is_text(self) -> bool:
-        return self.instruction is None
 
 
 @dataclass(frozen=True)

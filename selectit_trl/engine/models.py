@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import ModelSourceError, SelectionConfigError
+from ..errors import ModelSourceError, SelectionConfigError
 
 logger = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""What people read: the report and its plots, and the progress bars."""

@@ -1,0 +1,45 @@
+"""What a training run records of its selection, through the Trainer's callbacks: the subset's identity in every
+checkpoint, and the selection's statistics for every `report_to` logger."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from transformers import TrainerCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+from .card import selection_metrics
+
+CHECKPOINT_SELECTION_FILE = "selection.json"
+
+
+class RecordSelectionInCheckpoints(TrainerCallback):
+    """Writes the identity of the training subset into every checkpoint, so a resume can check it."""
+
+    def __init__(self, trainer):
+        self.trainer = trainer
+
+    def on_save(self, args, state, control, **kwargs):
+        result = self.trainer.selection_result
+        folder = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
+        if result is not None and state.is_world_process_zero and os.path.isdir(folder):
+            marker = {k: getattr(result.summary, k) for k in ("selected_indices_sha256", "counts", "selection_config")}
+            with open(os.path.join(folder, CHECKPOINT_SELECTION_FILE), "w", encoding="utf-8") as handle:
+                json.dump(marker, handle, indent=2)
+
+
+class LogSelection(TrainerCallback):
+    """Sends the selection's statistics to every `report_to` logger when training starts, as step 0."""
+
+    def __init__(self, trainer):
+        self.trainer = trainer
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        # The loggers' own on_train_begin has run by now (they come first in the callback list), so a TensorBoard
+        # writer or W&B run exists to take these. A resumed run logged them when it started the first time.
+        # They go to the loggers only, not into state.log_history, which keeps exactly the entries SFTTrainer's has
+        # (scripts read log_history[0] as the first eval); summary.json records them.
+        if self.trainer.selection_result is not None and state.global_step == 0:
+            metrics = selection_metrics(self.trainer.selection_result.summary)
+            self.trainer.callback_handler.on_log(args, state, control, {**metrics, "epoch": state.epoch or 0.0})
