@@ -441,3 +441,16 @@ def test_overwrite_sets_the_store_aside_once_for_select_then_train(tiny_llama, d
     trainer.train()
     assert trainer.selection_result.reused  # train() reuses what select() just scored
     assert len(list((tmp_path / "selection").glob("store.replaced-*"))) == 1
+
+
+def test_pre_tokenized_rows_that_decode_to_nothing_are_taken_as_sft_trainer_takes_them(tiny_llama, tokenizer,
+                                                                                          tmp_path):
+    """Their rating view is decoded text, which special tokens alone leave empty; SFTTrainer still trains such rows,
+    so construction accepts them, and only a selection that could keep none of them is refused when it starts."""
+    special = tokenizer.eos_token_id
+    rows = Dataset.from_list([{"input_ids": [special] * 4, "completion_mask": [0, 0, 1, 1]}] * 4)
+    trainer = make_trainer(tiny_llama, rows, tmp_path, selection_ratio=0.5)
+    assert [s.response for s in trainer.rating_samples] == [""] * 4
+    with pytest.raises(DatasetError, match=r"^Every one of the 4 rows has an empty response"):
+        trainer.select()
+    assert not (tmp_path / "selection" / "scores.jsonl").exists()

@@ -47,11 +47,11 @@ def check_instructions(samples: Sequence[RatingSample], config) -> None:
         )
 
 
-def empty_responses(samples: Sequence[RatingSample], strict: bool) -> list[int]:
+def empty_responses(samples: Sequence[RatingSample], strict: bool, refuse_all_empty: bool = True) -> list[int]:
     """Indices of the rows whose response is empty or blank: never kept, or an error with `strict`. A dataset whose
-    every response is empty is refused: nothing could be kept."""
+    every response is empty is refused (unless `refuse_all_empty` is False): nothing could be kept."""
     empty = [i for i, s in enumerate(samples) if is_blank(s.response)]
-    if samples and len(empty) == len(samples):
+    if refuse_all_empty and samples and len(empty) == len(samples):
         raise DatasetError(
             f"Every one of the {len(samples)} rows has an empty response (blank, or invisible characters only), so "
             "no row can be kept or trained on. Check that the response column (output, completion, the assistant "

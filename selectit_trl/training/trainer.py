@@ -259,7 +259,10 @@ class SelectiveSFTTrainer(SFTTrainer):
             )
         check_instructions(self.rating_samples, args)
         check_keeps_rows(len(self.rating_samples), args)
-        empty_responses(self.rating_samples, args.selection_strict)
+        # Pre-tokenized rows are rated as their decoded text, which may be empty where TRL still trains them (token
+        # ids of a test vocabulary, say): SFTTrainer takes such a dataset, so construction does too, and a selection
+        # that could keep nothing is refused when it starts, before it measures anything.
+        empty_responses(self.rating_samples, args.selection_strict, refuse_all_empty=self.dataset_format != "tokenized")
 
     def _base_rater(self) -> Rater:
         return tuned_rater(self.model, self.selection_model_id, self._model_source, self._tokenizer)
