@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from selectit_trl.cli import main as cli_main
-from selectit_trl.reporting import report
+from selectit_trl.reporting import plots, report, score_files
 from selectit_trl.store.outputs import selection_dir
 
 # Six rows, two models, K=3 prompts, S=3. The values are chosen so that every statistic has a closed form.
@@ -67,7 +67,7 @@ def write_fixed_selection(output_dir, with_peer=True, with_lengths=True):
 
 def test_statistics_match_a_hand_computation(tmp_path):
     write_fixed_selection(tmp_path)
-    stats = report.statistics(report.read_score_files(tmp_path))
+    stats = score_files.statistics(score_files.read_score_files(tmp_path))
 
     assert (stats["total"], stats["kept"], stats["cutoff"]) == (6, 2, 0.7)
     # numpy's linear quantiles of 0.1 0.2 0.3 0.5 0.7 0.9
@@ -95,7 +95,7 @@ def test_statistics_match_a_hand_computation(tmp_path):
 
 def test_a_constant_column_gives_nan_correlations_in_a_full_matrix():
     columns = np.column_stack([[1, 2, 3, 4], [4, 3, 2, 1], [7, 7, 7, 7]])
-    rho = report._spearman_matrix(columns)
+    rho = score_files._spearman_matrix(columns)
     assert rho.shape == (3, 3)  # scipy's spearmanr collapses this case to one NaN
     np.testing.assert_allclose(rho[:2, :2], [[1, -1], [-1, 1]], atol=1e-12)
     assert np.isnan(rho[2]).all() and np.isnan(rho[:, 2]).all()
@@ -129,7 +129,7 @@ def test_report_writes_real_plots_and_markdown(tmp_path, capsys):
         assert pixels.std() > 20, name
     # the kept and dropped bars are drawn in their colours
     _, pixels = _pixels(folder / "score_distribution.png")
-    assert _has_colour(pixels, report.KEPT_COLOUR) and _has_colour(pixels, report.DROPPED_COLOUR)
+    assert _has_colour(pixels, plots.KEPT_COLOUR) and _has_colour(pixels, plots.DROPPED_COLOUR)
 
     text = (folder / "report.md").read_text(encoding="utf-8")
     for name in expected_sizes:
