@@ -259,9 +259,8 @@ class SelectiveSFTTrainer(SFTTrainer):
             )
         check_instructions(self.rating_samples, args)
         check_keeps_rows(len(self.rating_samples), args)
-        # Pre-tokenized rows are rated as their decoded text, which may be empty where TRL still trains them (token
-        # ids of a test vocabulary, say): SFTTrainer takes such a dataset, so construction does too, and a selection
-        # that could keep nothing is refused when it starts, before it measures anything.
+        # Pre-tokenized rows decode to text that may be empty where TRL still trains them: SFTTrainer takes them, so
+        # construction does; a selection that could keep none is refused when it starts, before it measures.
         empty_responses(self.rating_samples, args.selection_strict, refuse_all_empty=self.dataset_format != "tokenized")
 
     def _base_rater(self) -> Rater:
