@@ -286,7 +286,10 @@ class StoreWriter:
             while view:  # os.write may write less than asked, as a disk fills
                 view = view[os.write(descriptor, view):]
             os.fsync(descriptor)
-        except BaseException:  # also Ctrl-C or SIGTERM between two partial writes: the batch is not counted as saved
+        except OSError:
+            # Only a failed write is cut back. A signal (Ctrl-C, SIGTERM) that lands during fsync leaves whole lines,
+            # which are kept; one between two partial writes (local files are rarely written in parts) leaves a torn
+            # line, which readers drop and the next writer cuts off.
             os.ftruncate(descriptor, start)
             raise
 
