@@ -213,9 +213,10 @@ def _one_line(error: BaseException) -> tuple[int, str] | None:
     from datasets.exceptions import DatasetGenerationError
     from pyarrow import ArrowException
 
-    if isinstance(error, (DatasetGenerationError, ArrowException)):
-        reason = error.__cause__ if isinstance(error, DatasetGenerationError) and error.__cause__ else error
-        return 1, f"error: the dataset cannot be read: {' '.join(str(reason).split())}"
+    if isinstance(error, (DatasetGenerationError, ArrowException)):  # a streamed file, read only as it is rated
+        from .data.loading import parser_reason
+
+        return 1, f"error: the dataset cannot be read: {parser_reason(error)}."
     return None
 
 

@@ -141,7 +141,7 @@ def load_datasets(script_args, data_args: DataArguments | None = None, with_eval
             try:
                 return load_dataset(name, name=script_args.dataset_config, split=split, streaming=_streaming(script_args))
             except ValueError as error:
-                if "corresponds to no data" in str(error):  # datasets' words for a split with no rows
+                if _is_empty_split(error):
                     raise DatasetError(f"Dataset {name!r} has no rows in its {split!r} split: the training dataset is "
                                        "empty. Check dataset_name, dataset_config and the split.") from None
                 raise
@@ -199,17 +199,28 @@ def read_local_file(name: str, streaming: bool = False) -> Dataset | IterableDat
     try:
         return load_dataset(builder, data_files=name, split="train", streaming=streaming, **options)
     except ValueError as error:
-        if "corresponds to no data" in str(error):  # datasets' words for a split with no rows ([], blank lines)
+        if _is_empty_split(error):
             raise DatasetError(f"dataset_name {name!r} holds no rows: the training dataset is empty.") from None
         raise unreadable_file_error(name, builder, error) from None
     except (DatasetGenerationError, ArrowException, StopIteration) as error:
         raise unreadable_file_error(name, builder, error) from None
 
 
+def _is_empty_split(error: ValueError) -> bool:
+    """Whether `datasets` refused a split for having no rows ([], blank lines, a CSV header alone)."""
+    return "corresponds to no data" in str(error)
+
+
+def parser_reason(error: BaseException) -> str:
+    """The parser's own words for a file it could not read, on one line: under `datasets`' generic
+    `DatasetGenerationError`, its cause (pyarrow's or pandas' error, which names the line or field)."""
+    reason = error.__cause__ if isinstance(error, DatasetGenerationError) and error.__cause__ else error
+    return " ".join(str(reason).split()).rstrip(".") or type(reason).__name__
+
+
 def unreadable_file_error(name: str, builder: str, error: BaseException) -> DatasetError:
     """`error` from parsing a local data file, as one line: the file, its type, the parser's reason, the fix."""
-    reason = error.__cause__ if isinstance(error, DatasetGenerationError) and error.__cause__ else error
-    detail = " ".join(str(reason).split()).rstrip(".") or type(reason).__name__
+    detail = parser_reason(error)
     kind = {"json": "JSON or JSON lines", "csv": "CSV", "parquet": "Parquet", "arrow": "Arrow", "text": "text"}[builder]
     return DatasetError(f"dataset_name {name!r} cannot be read as {kind}: {detail}. Fix the file, or convert it to "
                         "JSON lines (one object per line).")

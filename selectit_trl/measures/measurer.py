@@ -240,8 +240,10 @@ class Measurer:
 
     def __init__(self, raters: Sequence[Rater], config, context: RunContext):
         self.raters, self.config, self.context = list(raters), config, context
-        self.output_dir, self.allow_scoring, self.shard = context.output_dir, context.allow_scoring, context.shard
-        self.barrier, self.progress = context.barrier, context.progress
+
+    @property
+    def output_dir(self):
+        return self.context.output_dir
 
     def collect(self, measure, samples: Sequence[RatingSample], label: str = "", row_word: str = "row") -> Measured:
         """Each of the measure's models' values for `samples`, from the store where it has them.
@@ -268,15 +270,16 @@ class Measurer:
             keys[rater.model_id] = measure.keys(rater, requests)
             del requests
 
-        rank, world = self.shard
+        rank, world = self.context.shard
         wanted = {(r.fingerprint, key) for r in raters for key in keys[r.model_id]}
         stored = ledger.read_store(self.output_dir, wanted)
         # Plans are read with the records, before anyone appends, so that every process replays the same batches.
         plans = ledger.read_plans(self.output_dir, {r.fingerprint for r in raters})
         # Rank 0's progress bars count the other processes' records too; it starts following their files before
         # any process can append to them.
-        follower = ledger.StoreFollower(self.output_dir, rank) if world > 1 and self.progress else None
-        self.barrier()  # every process has read the same store before any appends to it, so they plan the same batches
+        follower = ledger.StoreFollower(self.output_dir, rank) if world > 1 and self.context.progress else None
+        # Every process has read the same store before any appends to it, so they plan the same batches.
+        self.context.barrier()
 
         def found_in(stored: dict) -> dict[str, list]:
             """Each model's stored values per unique sample, None where the store has none."""
@@ -291,7 +294,7 @@ class Measurer:
         seconds: dict[str, float] = {}
         for rater in needing:
             have = ~fresh[rater.model_id]
-            if not self.allow_scoring:
+            if not self.context.allow_scoring:
                 raise StoredSelectionMismatch(
                     f"The score store in {ledger.store_dir(self.output_dir)} lacks {int((~have).sum())} "
                     f"sample(s) of {measure.kind} for {rater.model_id} under these data, prompts and weights. A resumed "
@@ -303,7 +306,7 @@ class Measurer:
             for j, key in enumerate(keys[rater.model_id]):
                 rows_of.setdefault(key, []).append(j)
             progress = ScoringProgress(
-                f"{label}{measure.activity} with {rater.model_id}", enabled=self.progress,
+                f"{label}{measure.activity} with {rater.model_id}", enabled=self.context.progress,
                 finished_elsewhere=follower.finished_rows(rater.fingerprint, measure.kind, rows_of) if follower else None,
             )
             try:
@@ -320,7 +323,7 @@ class Measurer:
             if rater.release_after_use:
                 free_memory()
         if scored_now:
-            self.barrier()  # every process's share is in the store before anyone reads it back
+            self.context.barrier()  # every process's share is in the store before anyone reads it back
             found = found_in(ledger.read_store(self.output_dir, wanted))
         values_by_model = {}
         for rater in raters:
@@ -353,10 +356,10 @@ class Measurer:
         extra = measure.record_fields()
         try:
             with (compiled_blocks(model, self.config.selection_compile),
-                  ledger.StoreWriter(output_dir, rank=self.shard[0]) as writer):
+                  ledger.StoreWriter(output_dir, rank=self.context.shard[0]) as writer):
                 batches = measure.batches(
                     model, rater, requests, max_batch_tokens=self.config.selection_max_batch_tokens,
-                    progress=progress, done=done, shard=self.shard, plan_book=plan_book,
+                    progress=progress, done=done, shard=self.context.shard, plan_book=plan_book,
                 )
                 for batch, values in batches:
                     new = [(j, v) for j, v in zip(batch, values) if not done[j]]

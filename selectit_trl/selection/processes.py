@@ -104,20 +104,19 @@ def barrier(output_dir):
         if world()[1] < 2:
             return
         work = torch.distributed.barrier(async_op=True)
+        failure = None
         try:
-            while not work.is_completed():
-                failure = peer_failure(output_dir)
-                if failure is not None:
-                    raise PeerProcessFailed(stop_message(failure))
+            while failure is None and not work.is_completed():
                 time.sleep(POLL_SECONDS)
-            work.wait()
-        except RuntimeError as error:  # gloo: the failed process has exited and closed its connection
-            if isinstance(error, PeerProcessFailed):
-                raise
+                failure = peer_failure(output_dir)
+            if failure is None:
+                work.wait()
+                return
+        except RuntimeError:  # gloo: the failed process has exited and closed its connection
             failure = failure_soon(output_dir)
             if failure is None:
                 raise
-            raise PeerProcessFailed(stop_message(failure)) from None
+        raise PeerProcessFailed(stop_message(failure)) from None
 
     return wait
 

@@ -85,9 +85,7 @@ class _TeacherTexts:
     """The teacher's generations, from the store where it has them, generated in batches where it does not."""
 
     def __init__(self, teacher: Rater, config, context: RunContext):
-        self.teacher, self.config, self.output_dir = teacher, config, context.output_dir
-        self.allow, self.shard, self.barrier, self.progress = (context.allow_scoring, context.shard, context.barrier,
-                                                               context.progress)
+        self.teacher, self.config, self.context = teacher, config, context
         self.model = None
         self.generated = 0
 
@@ -105,19 +103,20 @@ class _TeacherTexts:
         wanted = {(fingerprint, k) for k in keys}
 
         def found() -> dict[str, str]:
-            return {k: r["text"] for (_, k), r in ledger.read_store(self.output_dir, wanted).items()
+            return {k: r["text"] for (_, k), r in ledger.read_store(self.context.output_dir, wanted).items()
                     if isinstance(r.get("text"), str)}
 
         have = found()
         # Read with the texts, before anyone appends: every process replays the same batches.
-        planned = ledger.read_plans(self.output_dir, {fingerprint}).get((fingerprint, "rewrite", "generate"), [])
-        rank, world = self.shard
+        plans = ledger.read_plans(self.context.output_dir, {fingerprint})
+        planned = plans.get((fingerprint, "rewrite", "generate"), [])
+        rank, world = self.context.shard
         # Rank 0's bar counts the other processes' texts too; it follows their files from before anyone appends.
-        follower = ledger.StoreFollower(self.output_dir, rank) if world > 1 and self.progress else None
-        self.barrier()  # every process has read the same store before any appends to it
+        follower = ledger.StoreFollower(self.context.output_dir, rank) if world > 1 and self.context.progress else None
+        self.context.barrier()  # every process has read the same store before any appends to it
         missing = sorted({k: i for i, k in enumerate(keys) if k not in have}.values())
         if missing:
-            if not self.allow:
+            if not self.context.allow_scoring:
                 raise StoredSelectionMismatch(
                     f"The score store lacks {len(missing)} text(s) of the teacher {self.teacher.model_id}. A resumed run "
                     "must train on the subset it started with: resume with the original settings, or start a fresh "
@@ -125,7 +124,7 @@ class _TeacherTexts:
                 )
             self._generate(prompts, keys, missing, label, follower, planned)
             self.generated += len(missing)  # every process's share: the same count on each
-            self.barrier()  # every process's share is in the store before anyone reads it back
+            self.context.barrier()  # every process's share is in the store before anyone reads it back
             have = found()
         return [have[k] for k in keys]
 
@@ -145,7 +144,7 @@ class _TeacherTexts:
         covered = {position[k] for _, batch in planned if all(k in position for k in batch) for k in batch}
         order = sorted((i for i in missing if i not in covered), key=lambda i: (-len(prompts[i]), i))
         fresh = [order[start:start + size] for start in range(0, len(order), size)]
-        rank, world = self.shard
+        rank, world = self.context.shard
         owned = [n % world == rank for n in range(len(replayed) + len(fresh))]
         mine = [b for b, own in zip(replayed + fresh, owned) if own]
         if not mine:
@@ -153,7 +152,7 @@ class _TeacherTexts:
         if self.model is None:
             self.model = self.teacher.load()
         bar = ScoringProgress(
-            f"{label} with {self.teacher.model_id}", enabled=self.progress,
+            f"{label} with {self.teacher.model_id}", enabled=self.context.progress,
             finished_elsewhere=(
                 follower.finished_rows(self.teacher.fingerprint, "rewrite", {keys[i]: [i] for i in missing})
                 if follower else None
@@ -161,11 +160,11 @@ class _TeacherTexts:
         )
         bar.start(missing, [len(p) + self.config.selection_teacher_max_new_tokens for p in prompts])
         try:
-            with ledger.StoreWriter(self.output_dir, rank=rank) as writer:
+            with ledger.StoreWriter(self.context.output_dir, rank=rank) as writer:
                 # Recorded once this process holds the store's lock: a second run on the same output_dir is refused
                 # above, before its plan could replace this one's.
                 ledger.append_plan(
-                    self.output_dir, rank, self.teacher.fingerprint, "rewrite", "generate",
+                    self.context.output_dir, rank, self.teacher.fingerprint, "rewrite", "generate",
                     [(max(len(prompts[i]) for i in b), tuple(keys[i] for i in b))
                      for b, own in zip(fresh, owned[len(replayed):]) if own],
                 )

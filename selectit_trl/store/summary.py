@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from ..errors import SelectionFilesError
+from .outputs import REBUILD_SCORES
 
 FORMAT_VERSION = 1
 # Without these a summary cannot say what was kept or how: the report, the card and a resumed run need them.
@@ -22,21 +23,25 @@ def _nothing_listed() -> dict:
     return {"count": 0, "indices": []}
 
 
-@dataclass
-class Summary:
-    """Every key of `summary.json` (docs/config.md describes each)."""
+# Keys written only when set: the clusters with selection_diversity, the teacher's versions with recycling.
+_OPTIONAL = ("clusters", "recycling")
 
+
+@dataclass(kw_only=True)
+class Summary:
+    """Every key of `summary.json`, declared in the order the file holds them (docs/config.md describes each)."""
+
+    format_version: int = FORMAT_VERSION
     selection_config: dict[str, Any]
-    counts: dict[str, int]  # {"total": N, "selected": kept}
-    models: list[dict[str, Any]]  # {"id", "num_parameters", "weight"} of each model whose measurements count
-    selected_indices_sha256: str
     # Files written before strategies existed are SelectIT's.
     strategy: dict[str, float] = field(default_factory=lambda: {"selectit": 1.0})
+    counts: dict[str, int]  # {"total": N, "selected": kept}
     dataset_format: str | None = None
     empty_responses: dict[str, Any] = field(default_factory=_nothing_listed)
     barred: dict[str, int] = field(default_factory=dict)
     truncated: dict[str, Any] = field(default_factory=_nothing_listed)
     duplicates: int = 0
+    models: list[dict[str, Any]]  # {"id", "num_parameters", "weight"} of each model whose measurements count
     prompts: list[str] = field(default_factory=list)
     rating_preamble: str | None = None
     scoring_key: dict[str, Any] = field(default_factory=dict)
@@ -44,23 +49,15 @@ class Summary:
     scoring_seconds: float = 0.0
     scoring_seconds_by_model: dict[str, float] = field(default_factory=dict)
     score_quantiles: dict[str, float] = field(default_factory=dict)
+    selected_indices_sha256: str
     probe: dict[str, Any] | None = None
     examples: dict[str, Any] = field(default_factory=dict)
-    clusters: int | None = None  # with selection_diversity only
-    recycling: dict[str, Any] | None = None  # with a teacher only
-    format_version: int = FORMAT_VERSION
-
-    # The order of the keys in the file; the optional ones last, and only when set.
-    _ORDER = ("format_version", "selection_config", "strategy", "counts", "dataset_format", "empty_responses",
-              "barred", "truncated", "duplicates", "models", "prompts", "rating_preamble", "scoring_key",
-              "scored_this_run", "scoring_seconds", "scoring_seconds_by_model", "score_quantiles",
-              "selected_indices_sha256", "probe", "examples")
-    _OPTIONAL = ("clusters", "recycling")
+    clusters: int | None = None
+    recycling: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
-        data = {key: getattr(self, key) for key in self._ORDER}
-        data.update({key: getattr(self, key) for key in self._OPTIONAL if getattr(self, key) is not None})
-        return data
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        return {key: value for key, value in values.items() if value is not None or key not in _OPTIONAL}
 
     @classmethod
     def from_json(cls, data: dict[str, Any], source: str = "summary.json") -> Summary:
@@ -71,8 +68,7 @@ class Summary:
                 f"up to {FORMAT_VERSION}): upgrade selectit-trl to read it.")
         missing = [key for key in _REQUIRED if key not in data]
         if missing:
-            raise SelectionFilesError(f"{source} lacks {missing}: it was edited or cut short. Run `selectit-trl score` "
-                                      "again with the same recipe to write it again from the score store.")
+            raise SelectionFilesError(f"{source} lacks {missing}: it was edited or cut short. {REBUILD_SCORES}")
         known = {f.name for f in fields(cls)}
         # A key an older run wrote as null or empty (no strategy yet) takes its default; the probe is None when
         # it did not run.

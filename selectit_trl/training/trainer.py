@@ -163,18 +163,18 @@ class SelectiveSFTTrainer(SFTTrainer):
                 "rows, chosen by position, could not be found again. Pass it unshuffled; the Trainer draws batches in "
                 "random order from a map-style Dataset by itself."
             )
-        rows, self.row_fingerprints = train_dataset, None
+        rows, self._row_fingerprints = train_dataset, None
         if isinstance(train_dataset, IterableDataset):
             # One streaming pass: each row is rated, and its fingerprint kept to check it in the second pass.
-            self.row_fingerprints = []
-            rows = fingerprinting(train_dataset, self.row_fingerprints)
+            self._row_fingerprints = []
+            rows = fingerprinting(train_dataset, self._row_fingerprints)
         self.rating_samples = formats.rating_samples(
             rows, fmt, text_field=text_field, tokenizer=tokenizer, formatting_func=formatting_func)
-        if self.row_fingerprints is not None:
+        if self._row_fingerprints is not None:
             # The kept rows are read in a second pass: a source that gives nothing more (a one-shot iterator
             # behind a generator) is refused now, from its first row, rather than found empty in train().
             first = next(iter(train_dataset), None)
-            if first is None or row_fingerprint(first) != self.row_fingerprints[0]:
+            if first is None or row_fingerprint(first) != self._row_fingerprints[0]:
                 raise DatasetError(
                     "The iterable train_dataset cannot be iterated twice: after the pass that rated its rows, reading "
                     "it again gave " + ("nothing" if first is None else "another first row") + ". Selection reads "
@@ -263,11 +263,10 @@ class SelectiveSFTTrainer(SFTTrainer):
         # construction does; a selection that could keep none is refused when it starts, before it measures.
         empty_responses(self.rating_samples, args.selection_strict, refuse_all_empty=self.dataset_format != "tokenized")
 
-    def _base_rater(self) -> Rater:
-        return tuned_rater(self.model, self.selection_model_id, self._model_source, self._tokenizer)
-
     def _raters(self) -> list[Rater]:
-        return [self._base_rater(), *(peer_rater(self.args, self.model, p) for p in self.args.peer_specs())]
+        """The model being tuned, then the peers."""
+        tuned = tuned_rater(self.model, self.selection_model_id, self._model_source, self._tokenizer)
+        return [tuned, *(peer_rater(self.args, self.model, p) for p in self.args.peer_specs())]
 
     def _context(self, allow_scoring: bool) -> RunContext:
         """This process among the run's processes, for the selection code."""
@@ -363,7 +362,7 @@ class SelectiveSFTTrainer(SFTTrainer):
             subset = self._selection_pool.select(kept)
         else:
             # The filter reads the user's own rows, as they were fingerprinted; any conversion follows it.
-            subset = formats.training_dataset(kept_rows(self._user_rows, kept, self.row_fingerprints),
+            subset = formats.training_dataset(kept_rows(self._user_rows, kept, self._row_fingerprints),
                                               *self._training_shape)
         if result.recycled:
             # Rows that took a teacher's rewrite train on it, in the shape their format trains in.
