@@ -16,7 +16,7 @@ import numpy as np
 from scipy.stats import rankdata
 
 from ..errors import SelectionConfigError
-from .base import Strategy, get_strategy, strategy_names
+from .base import MEASUREMENTS, Strategy, get_strategy, strategy_names
 
 
 def parse_strategy(value: str | Mapping[str, float]) -> dict[str, float]:
@@ -106,8 +106,6 @@ def score(weights: Mapping[str, float], values: Mapping[str, np.ndarray], keepab
 
 def needed_measurements(weights: Mapping[str, float]) -> list[str]:
     """The measurements a mix reads, in the order they are measured."""
-    from .base import MEASUREMENTS
-
     wanted = {kind for name in weights for kind in get_strategy(name).needs}
     return [kind for kind in MEASUREMENTS if kind in wanted]
 
