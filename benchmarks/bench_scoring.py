@@ -233,14 +233,10 @@ def setup(name: str, data: Path, rows: int, model_path: str, device: str):
 def run_config(name: str, data: Path, rows: int, repeats: int, reference_rows: int, budget: int | None, save: Path | None,
                model_path: str, device: str) -> dict:
     """One configuration in this process: warm up, time `repeats` runs, then compare with the unbatched path."""
+    from selectit_trl.engine.batching import default_max_batch_tokens
     from selectit_trl.engine.models import compiled_blocks, scoring_mode
     from selectit_trl.engine.prompts import build_requests, score_token_ids
-    from selectit_trl.engine.scoring import (
-        can_share_prefixes,
-        default_max_batch_tokens,
-        last_token_probs,
-        score_requests,
-    )
+    from selectit_trl.engine.scoring import can_share_prefixes, last_token_probs, score_requests
 
     layout, prompt_set, precision, engine = CONFIGS[name]
     samples, tokenizer, prompts, model = setup(name, data, rows, model_path, device)
@@ -333,14 +329,14 @@ def spearman(x: np.ndarray, y: np.ndarray) -> float:
 
 def kept_overlap(x: np.ndarray, y: np.ndarray, ratio: float = 0.2) -> float:
     """Share of the rows kept under one set of scores that the other keeps too (the default ratio)."""
-    from selectit_trl.selection import reflection
+    from selectit_trl.selection import ranking
 
-    a, b = (set(reflection.select(s, ratio, None).tolist()) for s in (x, y))
+    a, b = (set(ranking.select(s, ratio, None).tolist()) for s in (x, y))
     return len(a & b) / len(a)
 
 
 def selectit_scores(probs: np.ndarray) -> np.ndarray:
-    from selectit_trl.selection import reflection
+    from selectit_trl.strategies import reflection
 
     token = reflection.token_scores(reflection.normalize(probs, "paper"))
     return reflection.sentence_scores(token, 0.2)

@@ -24,8 +24,9 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from selectit_trl import reflection  # noqa: E402
+from selectit_trl.selection import ranking  # noqa: E402
 from selectit_trl.store.outputs import write_selection  # noqa: E402
+from selectit_trl.strategies import reflection  # noqa: E402
 
 
 def make_selection(output_dir: Path, rows: int, k: int = 5, s: int = 5, seed: int = 0) -> None:
@@ -34,7 +35,7 @@ def make_selection(output_dir: Path, rows: int, k: int = 5, s: int = 5, seed: in
     probs = {m: rng.dirichlet(np.full(s, 0.5), size=(rows, k)) * rng.uniform(0.3, 1.0, size=(rows, k, 1)) for m in models}
     weights = reflection.model_weights(models)
     token, sentence, scores = reflection.score_samples(probs, weights, "paper", 0.2)
-    selected = set(reflection.select(scores, 0.2).tolist())
+    selected = set(ranking.select(scores, 0.2).tolist())
     chars = rng.lognormal(6, 1, size=rows).astype(int) + 1
     records = (
         {"index": i, "score": float(scores[i]), "selected": i in selected,

@@ -9,17 +9,11 @@ import json
 import pytest
 from datasets import Dataset, Features, Translation, load_dataset
 
-from selectit_trl.data.formats import (
-    FORMATS,
-    RowFormatError,
-    detect_format,
-    rating_samples,
-    training_dataset,
-    translation_prompt,
-)
+from selectit_trl.data.formats import FORMATS, detect_format, rating_samples, translation_prompt
 from selectit_trl.data.loading import load_translation_directions, parse_direction
 from selectit_trl.data.rows import RatingSample
-from selectit_trl.errors import DatasetError
+from selectit_trl.data.training_view import training_dataset
+from selectit_trl.errors import DatasetError, RowFormatError
 
 ROWS = {
     "alpaca": {"instruction": "Add the numbers.", "input": "2 and 3", "output": "5"},

@@ -97,9 +97,8 @@ def test_three_peers_of_other_sizes_in_4bit_match_a_hand_computation(tiny_llama,
         records_by_model[record["model_id"]][record["sample"]] = record["probs"]
     assert all(len(records) == 8 for records in records_by_model.values())
     from selectit_trl.data.formats import rating_samples
-    from selectit_trl.measures.measurer import sample_hash
 
-    order = [sample_hash(s) for s in rating_samples(dataset, None)]
+    order = [s.content_hash for s in rating_samples(dataset, None)]
     scores = [r["score"] for r in read_scores(tmp_path)]
     np.testing.assert_allclose(scores, by_hand(records_by_model, theta, 0.3, order), rtol=0, atol=1e-12)
     kinds = {r["model_id"]: r["model"] for r in store}

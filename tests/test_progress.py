@@ -6,8 +6,8 @@ import re
 
 import pytest
 
-from selectit_trl.reporting import progress as progress_module
-from selectit_trl.reporting.progress import ScoringProgress
+from selectit_trl import progress as progress_module
+from selectit_trl.progress import ScoringProgress
 from selectit_trl.store.ledger import StoreFollower, StoreWriter, store_dir
 
 

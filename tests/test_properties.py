@@ -7,9 +7,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from selectit_trl.data.formats import rating_samples, training_dataset, translation_prompt
+from selectit_trl.data.formats import rating_samples, translation_prompt
 from selectit_trl.data.rows import RatingSample
-from selectit_trl.selection import reflection
+from selectit_trl.data.training_view import training_dataset
+from selectit_trl.strategies import reflection
 
 # Raw rating probabilities as the scorer returns them: each in [0, 1], summing to at most 1.
 probabilities = st.integers(2, 9).flatmap(

@@ -13,12 +13,14 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from selectit_trl import SelectiveSFTTrainer, strategies
 from selectit_trl.data.formats import rating_samples, resolve_format
 from selectit_trl.data.rows import RatingSample
-from selectit_trl.engine.prompts import build_target_requests, turn_texts
+from selectit_trl.engine import generation
+from selectit_trl.engine.targets import build_target_requests
+from selectit_trl.engine.tokens import turn_texts
 from selectit_trl.errors import SelectionConfigError
-from selectit_trl.measures import measurer as measuring
+from selectit_trl.measures.rewrites import TeacherRewrites
 from selectit_trl.reporting.report import write_report
 from selectit_trl.selection import recycling
-from selectit_trl.store.ledger import _valid, read_plans, read_store
+from selectit_trl.store.ledger import read_plans, read_store
 from selectit_trl.store.outputs import read_scores, read_summary
 
 NEW_TOKENS = 6
@@ -31,8 +33,8 @@ def test_the_student_keeps_a_harder_instruction_and_a_more_telling_response():
     # higher IFD wins; a tie, an unusable rewrite or a misaligned one (IFD > 1) keeps the original
     assert recycling.choose_response(np.array([0.5, 0.9, 0.9, 0.7, 1.5]), np.array([0.4, 1.0, 0.1, 0.7, 1.2]),
                                      usable).tolist() == [True, False, False, False, False]  # lower r-IFD wins, if <= 1
-    assert _valid({"model": "m", "tokens": "t", "kind": "rewrite", "text": "A new instruction."})
-    assert not _valid({"model": "m", "tokens": "t", "kind": "rewrite", "text": 3})
+    assert TeacherRewrites.whole({"model": "m", "tokens": "t", "kind": "rewrite", "text": "A new instruction."})
+    assert not TeacherRewrites.whole({"model": "m", "tokens": "t", "kind": "rewrite", "text": 3})
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +56,7 @@ def test_batched_generation_matches_one_prompt_at_a_time(teacher):
     model = AutoModelForCausalLM.from_pretrained(teacher, dtype=torch.float32).eval()
     texts = ["Name a colour.", "Explain photosynthesis to a child in a few short and simple sentences.", "Add 2 and 3."]
     prompts = [np.asarray(tokenizer(turn_texts([t], tokenizer)[0], add_special_tokens=False)["input_ids"]) for t in texts]
-    batched = recycling.generate(model, tokenizer, prompts, NEW_TOKENS)
+    batched = generation.generate(model, tokenizer, prompts, NEW_TOKENS)
     assert batched == [unbatched_generation(model, tokenizer, turn_texts([t], tokenizer)[0]) for t in texts]
 
 
@@ -123,10 +125,10 @@ def test_recycling_end_to_end(tiny_llama, teacher, demo_dataset, tmp_path, monke
     def forbidden(*a, **k):
         raise AssertionError("ran again")
 
-    real_generate = recycling.generate
+    real_generate = generation.generate
 
-    monkeypatch.setattr(recycling, "generate", forbidden)
-    monkeypatch.setattr(measuring, "iter_loss_batches", forbidden)
+    monkeypatch.setattr(generation, "generate", forbidden)
+    monkeypatch.setattr("selectit_trl.measures.difficulty.iter_loss_batches", forbidden)
     again = SelectiveSFTTrainer(model=tiny_llama, train_dataset=dataset, args=args).select()
     assert again.reused and again.selected_indices == trainer.selection_result.selected_indices
     assert sorted(again.recycled) == [i for i, v in enumerate(versions) if v != "original"]
@@ -141,7 +143,7 @@ def test_recycling_end_to_end(tiny_llama, teacher, demo_dataset, tmp_path, monke
     ((fingerprint, _, _), plan), = [(g, b) for g, b in read_plans(tmp_path).items() if g[1] == "rewrite"]
     (planned,) = [keys for _, keys in plan if lost_key in keys]
     calls = []
-    monkeypatch.setattr(recycling, "generate", lambda model, tok, prompts, n: calls.append(prompts) or real_generate(model, tok, prompts, n))
+    monkeypatch.setattr(generation, "generate", lambda model, tok, prompts, n: calls.append(prompts) or real_generate(model, tok, prompts, n))
     again = SelectiveSFTTrainer(model=tiny_llama, train_dataset=dataset, args=args).select()
     assert [len(c) for c in calls] == [len(planned)] and len(planned) > 1
     restored = store.read_text().splitlines(keepends=True)

@@ -5,7 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from selectit_trl.selection import reflection as rf
+from selectit_trl.selection import ranking
+from selectit_trl.strategies import reflection as rf
 
 
 def test_paper_normalisation_renormalises():
@@ -100,34 +101,34 @@ def test_model_level_combination():
 
 
 def test_rank_breaks_ties_by_original_index():
-    assert rf.rank(np.array([1.0, 3.0, 3.0, 2.0, 3.0])).tolist() == [1, 2, 4, 3, 0]
+    assert ranking.rank(np.array([1.0, 3.0, 3.0, 2.0, 3.0])).tolist() == [1, 2, 4, 3, 0]
 
 
 def test_rank_puts_nan_last():
-    assert rf.rank(np.array([np.nan, 1.0, 2.0])).tolist() == [2, 1, 0]
+    assert ranking.rank(np.array([np.nan, 1.0, 2.0])).tolist() == [2, 1, 0]
 
 
 def test_number_kept_is_floor_of_n_times_ratio():
-    assert rf.num_to_keep(10, 0.25) == 2
-    assert rf.num_to_keep(150, 0.2) == 30
-    assert rf.num_to_keep(7, 1.0) == 7
+    assert ranking.num_to_keep(10, 0.25) == 2
+    assert ranking.num_to_keep(150, 0.2) == 30
+    assert ranking.num_to_keep(7, 1.0) == 7
     # floor of the float product, as the released scripts compute it: 100 * 0.29 is 28.999999999999996
-    assert rf.num_to_keep(100, 0.29) == 28
+    assert ranking.num_to_keep(100, 0.29) == 28
 
 
 def test_absolute_count_takes_precedence_and_is_capped():
-    assert rf.num_to_keep(100, 0.2, max_samples=5) == 5
-    assert rf.num_to_keep(3, 0.2, max_samples=50) == 3
+    assert ranking.num_to_keep(100, 0.2, max_samples=5) == 5
+    assert ranking.num_to_keep(3, 0.2, max_samples=50) == 3
 
 
 @pytest.mark.parametrize("ratio", [0.0, -0.1, 1.5])
 def test_bad_ratio_is_refused(ratio):
     with pytest.raises(ValueError, match="selection_ratio"):
-        rf.num_to_keep(10, ratio)
+        ranking.num_to_keep(10, ratio)
 
 
 def test_select_returns_best_first():
-    assert rf.select(np.array([0.1, 0.9, 0.5, 0.9]), ratio=0.5).tolist() == [1, 3]
+    assert ranking.select(np.array([0.1, 0.9, 0.5, 0.9]), ratio=0.5).tolist() == [1, 3]
 
 
 def test_score_samples_all_levels():

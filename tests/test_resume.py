@@ -14,7 +14,6 @@ import pytest
 from datasets import Dataset
 
 from selectit_trl.data import formats
-from selectit_trl.measures.measurer import sample_hash
 
 pytestmark = pytest.mark.slow
 
@@ -73,7 +72,7 @@ def complete_records(out) -> list[dict]:
 def rows_among(records, data) -> int:
     """How many of the records are the dataset's rows, not the probe's mismatched pairs."""
     rows = Dataset.from_json(str(data))
-    hashes = {sample_hash(s) for s in formats.rating_samples(rows, formats.resolve_format(rows, None))}
+    hashes = {s.content_hash for s in formats.rating_samples(rows, formats.resolve_format(rows, None))}
     return sum(r["sample"] in hashes for r in records)
 
 

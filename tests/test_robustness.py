@@ -310,6 +310,7 @@ def test_a_whole_last_record_without_its_newline_is_not_trusted_and_scored_again
 
 
 def test_damaged_records_that_parse_are_dropped_not_fatal(tmp_path):
+    from selectit_trl.measures.ratings import Ratings
     from selectit_trl.store.ledger import read_store
 
     folder = tmp_path / "selection" / "store"
@@ -323,7 +324,7 @@ def test_damaged_records_that_parse_are_dropped_not_fatal(tmp_path):
     ]
     lines = [json.dumps(good)] + [json.dumps(r) for r in damaged] + ["[" * 100_000]
     (folder / "rank0.jsonl").write_text("\n".join(lines) + "\n")
-    assert list(read_store(tmp_path)) == [("m", "t0")]
+    assert list(read_store(tmp_path, whole=Ratings.whole)) == [("m", "t0")]
 
 
 class _ShapeLog:
@@ -343,7 +344,8 @@ def test_a_missing_sample_runs_again_in_the_very_batch_width_and_row_its_plan_ga
     """On CPUs without AMX the floats of a forward pass depend on the batch's shape, so exactness on resume needs
     the batch itself again: the rows, their order and the padded width that the first plan gave them."""
     from selectit_trl.engine.scoring import iter_score_batches
-    from selectit_trl.measures.measurer import _PlanBook, token_hashes
+    from selectit_trl.measures.measurer import StorePlanBook
+    from selectit_trl.measures.ratings import token_hashes
     from selectit_trl.store.ledger import read_plans
 
     model = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32, attn_implementation="sdpa").eval()
@@ -354,7 +356,7 @@ def test_a_missing_sample_runs_again_in_the_very_batch_width_and_row_its_plan_ga
     keys = token_hashes(requests, ids)
 
     def run(count, done):
-        book = _PlanBook(tmp_path, 0, "fingerprint", "ratings", keys[:count], read_plans(tmp_path))
+        book = StorePlanBook(tmp_path, 0, "fingerprint", "ratings", keys[:count], read_plans(tmp_path))
         log.shapes.clear()
         batches = list(iter_score_batches(model, requests[:count], ids, pad, max_batch_tokens=1000 if share_prefix else 2000,
                                           progress=False, done=done, plan_book=book, share_prefix=share_prefix))
@@ -380,8 +382,10 @@ def test_a_planned_batch_over_the_budget_now_is_planned_again_unless_part_of_it_
                                                                                             demo_rows, tmp_path):
     """A lower budget (after running out of memory, or on another device) holds for a resumed run too, except where
     a batch is partly stored: its missing samples are exact only in that batch."""
-    from selectit_trl.engine.scoring import bucket_width, iter_score_batches, packed_width
-    from selectit_trl.measures.measurer import _PlanBook, token_hashes
+    from selectit_trl.engine.batching import bucket_width
+    from selectit_trl.engine.scoring import iter_score_batches, packed_width
+    from selectit_trl.measures.measurer import StorePlanBook
+    from selectit_trl.measures.ratings import token_hashes
     from selectit_trl.store.ledger import read_plans
 
     model = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32, attn_implementation="sdpa").eval()
@@ -391,7 +395,7 @@ def test_a_planned_batch_over_the_budget_now_is_planned_again_unless_part_of_it_
     width = [bucket_width(packed_width(r)) for r in requests]
 
     def run(budget, done, store):
-        book = _PlanBook(store, 0, "fingerprint", "ratings", keys, read_plans(store))
+        book = StorePlanBook(store, 0, "fingerprint", "ratings", keys, read_plans(store))
         return [b for b, _ in iter_score_batches(model, requests, ids, tokenizer.pad_token_id, max_batch_tokens=budget,
                                                  progress=False, done=done, plan_book=book)]
 

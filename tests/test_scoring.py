@@ -11,6 +11,7 @@ import torch
 from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
 
 from selectit_trl.engine import scoring
+from selectit_trl.engine.batching import bucket_width, plan_batches, share_batches
 from selectit_trl.engine.prompts import (
     RatingPrompts,
     RatingSample,
@@ -18,14 +19,7 @@ from selectit_trl.engine.prompts import (
     load_prompts,
     score_token_ids,
 )
-from selectit_trl.engine.scoring import (
-    SampleRequests,
-    bucket_width,
-    last_token_probs,
-    packed_width,
-    plan_batches,
-    score_requests,
-)
+from selectit_trl.engine.scoring import SampleRequests, last_token_probs, packed_width, score_requests
 
 
 @pytest.fixture(scope="module", params=["llama-sdpa", "llama-eager", "gpt2"])
@@ -71,6 +65,17 @@ def test_plan_batches_keeps_the_budget_and_every_item():
 
 def test_an_item_over_budget_gets_its_own_batch():
     assert plan_batches([100, 2], max_batch_tokens=10) == [[0], [1]]
+
+
+def test_a_cap_on_items_splits_batches_the_budget_would_allow():
+    # Generation's batches: at most 3 prompts each, longest first, the budget never binding.
+    lengths = [5, 9, 7, 9, 3, 6, 8]
+    assert plan_batches(lengths, max_batch_tokens=10**6, max_batch_items=3) == [[1, 3, 6], [2, 5, 0], [4]]
+
+
+def test_batches_go_to_the_least_loaded_process_costliest_first():
+    # Costs 10, 40, 25, 25, 5 over two processes: 40 -> 0, 25 -> 1, 25 -> 1, 10 -> 0, 5 -> 0 (50 against 50).
+    assert share_batches([10, 40, 25, 25, 5], 2) == [0, 0, 1, 1, 0]
 
 
 def test_bucket_width_rounds_up_to_sixteen_sizes_per_doubling():

@@ -13,12 +13,12 @@ from selectit_trl import SelectiveSFTTrainer, strategies
 from selectit_trl.data.formats import rating_samples, resolve_format
 from selectit_trl.data.rows import RatingSample
 from selectit_trl.engine.losses import TargetRequests, iter_loss_batches
-from selectit_trl.engine.prompts import build_target_requests
+from selectit_trl.engine.targets import build_target_requests
 from selectit_trl.errors import SelectionConfigError
-from selectit_trl.measures import measurer as measuring
+from selectit_trl.measures.difficulty import Difficulty
 from selectit_trl.reporting.report import write_report
 from selectit_trl.selection import probe
-from selectit_trl.store.ledger import _valid, read_store
+from selectit_trl.store.ledger import read_store
 from selectit_trl.store.outputs import read_scores, read_summary, selection_dir
 from selectit_trl.store.summary import Summary
 from selectit_trl.training.card import card_section, selection_metrics
@@ -81,9 +81,9 @@ def test_random_draws_are_fixed_by_the_seed():
 
 def test_store_takes_loss_records_and_drops_damaged_ones():
     base = {"model": "m", "tokens": "t", "kind": "ifd"}
-    assert _valid({**base, "losses": [1.5, 2.0]})
+    assert Difficulty.whole({**base, "losses": [1.5, 2.0]})
     for bad in ([], [1.0, float("nan")], [-0.1, 1.0], [True, 1.0], "1.0"):
-        assert not _valid({**base, "losses": bad})
+        assert not Difficulty.whole({**base, "losses": bad})
 
 
 # ---- the loss engine ------------------------------------------------------------------------------------------
@@ -189,7 +189,7 @@ def test_difficulty_strategy_end_to_end(kind, tiny_llama, demo_dataset, tmp_path
     def no_losses(*args, **kwargs):
         raise AssertionError("measured again")
 
-    monkeypatch.setattr(measuring, "iter_loss_batches", no_losses)
+    monkeypatch.setattr("selectit_trl.measures.difficulty.iter_loss_batches", no_losses)
     again = SelectiveSFTTrainer(model=tiny_llama, train_dataset=dataset, args=cpu_config(
         tmp_path, selection_strategy=kind, selection_ratio=0.25)).select()
     assert again.reused and sorted(again.selected_indices) == sorted(kept)
@@ -199,8 +199,8 @@ def test_length_and_random_need_no_forward_pass(tiny_llama, demo_dataset, tmp_pa
     def no_forward(*args, **kwargs):
         raise AssertionError("a model ran")
 
-    monkeypatch.setattr(measuring, "iter_loss_batches", no_forward)
-    monkeypatch.setattr(measuring, "iter_score_batches", no_forward)
+    monkeypatch.setattr("selectit_trl.measures.difficulty.iter_loss_batches", no_forward)
+    monkeypatch.setattr("selectit_trl.measures.ratings.iter_score_batches", no_forward)
     dataset = demo_dataset(10)
     samples = rating_samples(dataset, resolve_format(dataset, None))
     lengths = [len(tokenizer(s.response, add_special_tokens=False)["input_ids"]) for s in samples]

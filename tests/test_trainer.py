@@ -11,7 +11,6 @@ from peft import LoraConfig
 from transformers import AutoModelForCausalLM
 
 from selectit_trl import SelectiveSFTTrainer
-from selectit_trl.measures import measurer as measuring
 from selectit_trl.selection import pipeline as selection
 from selectit_trl.store.outputs import read_scores, read_summary
 
@@ -104,7 +103,7 @@ def test_resume_reuses_the_selection_without_scoring(tiny_llama, demo_dataset, t
     def no_scoring(*args, **kwargs):
         raise AssertionError("scored again")
 
-    monkeypatch.setattr(measuring, "iter_score_batches", no_scoring)
+    monkeypatch.setattr("selectit_trl.measures.ratings.iter_score_batches", no_scoring)
     second = make_trainer(tiny_llama, dataset, tmp_path, save_strategy="steps", save_steps=1, max_steps=2, selection_ratio=0.5)
     second.train(resume_from_checkpoint=str(tmp_path / "checkpoint-1"))
     assert second.selection_result.reused
@@ -123,7 +122,7 @@ def test_resume_refuses_a_changed_selection(tiny_llama, demo_dataset, tmp_path):
 def test_new_alpha_and_ratio_reuse_the_stored_probabilities(tiny_llama, demo_dataset, tmp_path, monkeypatch):
     dataset = demo_dataset(12)
     first = make_trainer(tiny_llama, dataset, tmp_path).select()
-    monkeypatch.setattr(measuring, "iter_score_batches", forbid_scoring)
+    monkeypatch.setattr("selectit_trl.measures.ratings.iter_score_batches", forbid_scoring)
     second = make_trainer(tiny_llama, dataset, tmp_path, selection_alpha=0.0, selection_ratio=0.5).select()
     assert second.reused and len(second.selected_indices) == 6
     records = read_scores(tmp_path)

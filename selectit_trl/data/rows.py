@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
 
 
@@ -19,3 +21,13 @@ class RatingSample:
     @property
     def is_text(self) -> bool:
         return self.instruction is None
+
+    @property
+    def content(self) -> bytes:
+        """The sample's content as bytes (JSON of instruction and response): what is rated, whatever row it sits in."""
+        return json.dumps([self.instruction, self.response], ensure_ascii=False).encode("utf-8")
+
+    @property
+    def content_hash(self) -> str:
+        """sha256 of `content`: the "sample" field of the store's records."""
+        return hashlib.sha256(self.content).hexdigest()

@@ -6,7 +6,7 @@ Each sample therefore arrives as a target and C contexts; the model reads `conte
 returns the mean cross-entropy of the target's tokens only, one value per context.
 
 A sample's C rows always share a batch, and batches go through the same planning, sharing between processes,
-resume and out-of-memory handling as the rating probabilities (`scoring.run_batches`). Rows are left-padded,
+resume and out-of-memory handling as the rating probabilities (`batching.run_batches`). Rows are left-padded,
 so every target ends at the last column; only the last `longest target + 1` positions go through the LM head.
 Like the rating engine, it knows nothing of datasets, prompts or files.
 """
@@ -19,8 +19,8 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from ..reporting.progress import ScoringProgress
-from .scoring import (
+from ..progress import ScoringProgress
+from .batching import (
     PlanBook,
     bucket_width,
     check_fits,

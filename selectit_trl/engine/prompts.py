@@ -25,8 +25,8 @@ from jinja2.exceptions import TemplateError
 from ..data.rows import RatingSample
 from ..data.text import is_blank
 from ..errors import SelectionConfigError
-from .losses import TargetRequests
 from .scoring import SampleRequests
+from .tokens import leading_special_ids, token_arrays
 
 LAYOUTS = ("sample_first", "prompt_first")
 
@@ -212,28 +212,6 @@ def _chat_parts(sample: RatingSample, prompts: RatingPrompts, tokenizer, count: 
     return heads[0], tails
 
 
-def _leading_special_ids(tokenizer) -> list[int]:
-    """The ids a plain `tokenizer(text)` call puts before the text (a BOS token, for most models)."""
-    with_special = tokenizer("a", add_special_tokens=True)["input_ids"]
-    bare = tokenizer("a", add_special_tokens=False)["input_ids"]
-    for start in range(len(with_special) - len(bare) + 1):
-        if with_special[start : start + len(bare)] == bare:
-            return with_special[:start]
-    return []
-
-
-_TOKENIZE_CHUNK = 1024  # texts per tokenizer call
-
-
-def _token_arrays(tokenizer, texts: Sequence[str], add_special_tokens: bool = False) -> list[np.ndarray]:
-    """Token ids as compact int32 arrays, tokenised in chunks: Python lists of ints would cost ~9x the memory."""
-    out: list[np.ndarray] = []
-    for start in range(0, len(texts), _TOKENIZE_CHUNK):
-        chunk = tokenizer(list(texts[start : start + _TOKENIZE_CHUNK]), add_special_tokens=add_special_tokens)["input_ids"]
-        out.extend(np.asarray(ids, dtype=np.int32) for ids in chunk)
-    return out
-
-
 def build_requests(
     samples: Sequence[RatingSample],
     prompts: RatingPrompts,
@@ -256,7 +234,7 @@ def build_requests(
         lines = prompts.whole()
         texts = [render_prompt_first(s, line) for s in samples for line in lines]
         # A plain tokenizer(text) call, special tokens added as the tokenizer normally does.
-        flat = _token_arrays(tokenizer, texts, add_special_tokens=True)
+        flat = token_arrays(tokenizer, texts, add_special_tokens=True)
         empty = np.zeros(0, dtype=np.int32)
         return [SampleRequests(empty, tuple(flat[i * k : (i + 1) * k])) for i in range(len(samples))]
     if layout != "sample_first":
@@ -270,74 +248,12 @@ def build_requests(
     else:
         prefixes = [sample_first_texts(s, prompts)[0] for s in samples]
         suffixes = sample_first_texts(RatingSample("", ""), prompts)[1]
-        leading = _leading_special_ids(tokenizer)
+        leading = leading_special_ids(tokenizer)
     # Prefix and suffixes are tokenised apart and joined, so that every request of a sample starts with the
     # identical token prefix; the cut sits at the end of the response, where tokenisers split anyway.
-    suffix_ids = tuple(_token_arrays(tokenizer, suffixes))
+    suffix_ids = tuple(token_arrays(tokenizer, suffixes))
     head = np.asarray(leading, dtype=np.int32)
-    return [SampleRequests(np.concatenate([head, ids]), suffix_ids) for ids in _token_arrays(tokenizer, prefixes)]
-
-
-# Written for this project: put after a response, it asks the model to say what instruction produced it, so that
-# reverse IFD can measure how much the response tells about its instruction.
-REVERSE_REQUEST = "Which instruction was the text above written for? Write the instruction."
-
-DIFFICULTY_KINDS = ("ifd", "rifd")
-
-
-def turn_texts(user_texts: Sequence[str], tokenizer, use_chat_template: bool = True) -> list[str]:
-    """Each text as one user turn, up to where the model's reply starts; "" is a turn with nothing said.
-
-    Through the chat template when the tokenizer has one; otherwise in the plain layout that Alpaca rows train
-    in (`formats.training_row`), without the instruction block when there is no instruction.
-    """
-    if use_chat_template and getattr(tokenizer, "chat_template", None):
-        return [
-            tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True)
-            for text in user_texts
-        ]
-    return [(f"Instruction:\n{text}\n\n" if text else "") + "Response:\n" for text in user_texts]
-
-
-def build_target_requests(samples: Sequence[RatingSample], tokenizer, kind: str, use_chat_template: bool = True) -> list:
-    """Token ids of the IFD (`kind="ifd"`) or reverse-IFD (`"rifd"`) requests: a target and two contexts per sample.
-
-    IFD's target is the response, read after the instruction's user turn and after an empty user turn (see
-    `turn_texts`).
-    Reverse IFD's target is the instruction, read after a user turn holding the response and `REVERSE_REQUEST`,
-    and after an empty user turn. The contexts differ only by what is measured, and the target is the same
-    token ids after both, so the ratio of their losses compares like with like. Contexts render through the
-    chat template when the tokenizer has one, as the model is trained; the target follows the assistant cue.
-    """
-    if kind not in DIFFICULTY_KINDS:
-        raise ValueError(f"Unknown difficulty kind {kind!r}: use one of {', '.join(DIFFICULTY_KINDS)}.")
-    chat = use_chat_template and getattr(tokenizer, "chat_template", None)
-    if kind == "ifd":
-        users = [s.instruction for s in samples]
-        targets = [s.response for s in samples]
-    else:
-        users = [f"{s.response}\n\n{REVERSE_REQUEST}" for s in samples]
-        targets = [s.instruction for s in samples]
-    # Without a template, a BOS the tokenizer would add goes in front of every context.
-    head = np.asarray([] if chat else _leading_special_ids(tokenizer), dtype=np.int32)
-    empty = np.concatenate([head, _token_arrays(tokenizer, turn_texts([""], tokenizer, use_chat_template))[0]])
-    contexts = _token_arrays(tokenizer, turn_texts(users, tokenizer, use_chat_template))
-    # An empty target (an empty response or instruction, never kept under IFD or r-IFD) is measured on the
-    # end-of-text token instead, so that every sample has a finite loss.
-    stand_in = np.asarray([_end_of_text_id(tokenizer)], dtype=np.int32)
-    return [
-        TargetRequests((np.concatenate([head, context]), empty), target if len(target) else stand_in)
-        for context, target in zip(contexts, _token_arrays(tokenizer, targets))
-    ]
-
-
-def _end_of_text_id(tokenizer) -> int:
-    return tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
-
-
-def token_counts(tokenizer, texts: Sequence[str]) -> np.ndarray:
-    """How many tokens each text is, without special tokens."""
-    return np.asarray([len(ids) for ids in _token_arrays(tokenizer, texts)], dtype=np.int64)
+    return [SampleRequests(np.concatenate([head, ids]), suffix_ids) for ids in token_arrays(tokenizer, prefixes)]
 
 
 def _cut_middle(ids: np.ndarray, keep: int) -> np.ndarray:

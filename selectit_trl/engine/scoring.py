@@ -13,7 +13,8 @@ Two ways to run a batch give the same numbers:
 * **Whole rows**: K left-padded rows per sample, each `prefix + suffix_k` (the `prompt_first` layout, and
   models whose attention cannot take a custom mask).
 
-Either way only the positions that are read go through the LM head, and batches are cut by a token budget.
+Either way only the positions that are read go through the LM head. Batches are planned, shared out and run by
+`batching.run_batches`.
 """
 
 from __future__ import annotations
@@ -21,27 +22,16 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections import deque
 from collections.abc import Iterator, Sequence
-from typing import NamedTuple, Protocol
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
-from ..errors import NonFiniteScoresError, ScoringOutOfMemory
-from ..reporting.progress import ScoringProgress
+from ..progress import ScoringProgress
+from .batching import PlanBook, bucket_width, check_fits, default_max_batch_tokens, input_device, left_pad, run_batches
 
 logger = logging.getLogger(__name__)
-
-# Token budget of one forward pass when none is set, by device type. On a CPU, small batches are fastest: their
-# activations stay in cache, and a forward pass over a few hundred tokens already keeps the cores busy (a sweep
-# of 512-16384 in docs/performance.md). A GPU needs large batches to be busy.
-DEFAULT_MAX_BATCH_TOKENS = {"cpu": 2048, "cuda": 16384}
-
-
-def default_max_batch_tokens(model) -> int:
-    return DEFAULT_MAX_BATCH_TOKENS.get(input_device(model).type, DEFAULT_MAX_BATCH_TOKENS["cuda"])
-
 
 # oneDNN, which runs bf16 matmuls on x86 CPUs, keeps a compiled kernel and its buffers for every matrix shape it
 # meets, up to 1,024 of them by default. Scoring meets a few shapes per batch-width bucket, so without a cap the
@@ -72,78 +62,6 @@ class SampleRequests(NamedTuple):
 
     def sequence(self, k: int) -> np.ndarray:
         return np.concatenate([self.prefix, self.suffixes[k]])
-
-
-def bucket_width(width: int) -> int:
-    """Round a row width up to one of a fixed set of sizes, 16 per doubling (at most 1/16 more padding).
-
-    Each distinct batch shape costs memory that is kept for the life of the process: oneDNN, behind CPU bf16
-    matmuls, compiles and caches a primitive per shape, and a GPU allocator keeps blocks per size. With exact
-    widths every batch has its own shape and that memory grows with the number of samples; with bucketed
-    widths the number of shapes depends only on the range of lengths (docs/performance.md).
-    """
-    step = max(8, 1 << max(0, width.bit_length() - 5))
-    return -(-width // step) * step
-
-
-def plan_batches(lengths: Sequence[int], max_batch_tokens: int, rows_per_item: int = 1) -> list[list[int]]:
-    """Group items into batches whose padded size (rows x longest row) stays within a token budget.
-
-    Each item brings `rows_per_item` rows of (at most) its length: with whole rows, a sample brings its K
-    rating requests; with a shared prefix, one packed row.
-
-    Items are taken longest first, so that each batch holds items of similar length and pads little, and so
-    that the largest batch runs first: memory trouble shows at once, not an hour in. An item larger than the
-    budget on its own still gets a batch of its own.
-    """
-    if max_batch_tokens < 1:
-        raise ValueError(f"selection_max_batch_tokens must be >= 1, got {max_batch_tokens}.")
-    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
-    batches: list[list[int]] = []
-    current: list[int] = []
-    for i in order:
-        # Sorted descending, so the first item of a batch is its longest.
-        longest = lengths[current[0]] if current else lengths[i]
-        if current and (len(current) + 1) * rows_per_item * longest > max_batch_tokens:
-            batches.append(current)
-            current = []
-        current.append(i)
-    if current:
-        batches.append(current)
-    return batches
-
-
-def share_batches(costs: Sequence[int], world: int) -> list[int]:
-    """The process (0 .. world-1) that runs each batch: costliest first, each to the least loaded so far."""
-    owners, loads = [0] * len(costs), [0] * world
-    for b in sorted(range(len(costs)), key=lambda b: (-costs[b], b)):
-        owner = min(range(world), key=lambda r: (loads[r], r))
-        owners[b] = owner
-        loads[owner] += costs[b]
-    return owners
-
-
-def input_device(model) -> torch.device:
-    # The embedding's device, which is where inputs must go even when the model is spread over devices.
-    return model.get_input_embeddings().weight.device
-
-
-def left_pad(
-    sequences: Sequence[np.ndarray], pad_id: int, device, width: int | None = None
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Left-pad to `width` (default: the longest row) so that every row's last real token sits at the end.
-
-    Position ids are counted over real tokens only, so a padded row sees exactly the positions it would see
-    alone; this is what makes batched probabilities equal unbatched ones.
-    """
-    width = max([width or 0, *(len(s) for s in sequences)])
-    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for row, seq in enumerate(sequences):
-        ids[row, width - len(seq) :] = torch.as_tensor(seq, dtype=torch.long)
-        mask[row, width - len(seq) :] = 1
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    return ids.to(device), mask.to(device), positions.to(device)
 
 
 def _read_probs(logits: torch.Tensor, token_ids: Sequence[int]) -> np.ndarray:
@@ -333,118 +251,6 @@ def iter_score_batches(
         progress=progress, desc=desc, done=done, shard=shard, plan_book=plan_book,
         layout="shared-prefix" if shared else "whole-rows",
     )
-
-
-def check_fits(model, lengths: Sequence[int]) -> None:
-    """Refuse samples whose longest row exceeds the positions the model can attend to."""
-    limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
-    too_long = [i for i, length in enumerate(lengths) if limit and length > limit]
-    if too_long:
-        raise ValueError(
-            f"{len(too_long)} sample(s), the first at index {too_long[0]}, render to more than the {limit} positions "
-            "this model can attend to. Shorten or drop those rows before selection."
-        )
-
-
-class PlanBook(Protocol):
-    """Where the batch plans of one model and measurement are kept between runs (`measurer.py` keeps them in the
-    score store). Batches are given as sample indices of the current call, with the width they run at."""
-
-    def recorded(self, layout: str) -> list[tuple[list[int], int]]:
-        """The batches planned by earlier runs in this layout, each made only of samples of this call."""
-
-    def record(self, layout: str, batches: Sequence[tuple[list[int], int]]) -> None:
-        """Keep these batches, durably, before any of them runs."""
-
-
-def run_batches(
-    run,
-    widths: Sequence[int],
-    sample_tokens: Sequence[int],
-    rows_per_item: int,
-    max_batch_tokens: int,
-    progress: bool | ScoringProgress = True,
-    desc: str = "Scoring",
-    done: Sequence[bool] | None = None,
-    shard: tuple[int, int] = (0, 1),
-    plan_book: PlanBook | None = None,
-    layout: str = "rows",
-) -> Iterator[tuple[list[int], np.ndarray]]:
-    """Plan, share out and run batches of samples, yielding `(sample indices, values)` as each batch finishes.
-
-    The machinery every per-sample measurement shares (rating probabilities here, losses in `losses.py`):
-    `run(batch, width)` does one forward pass over a batch padded to `width` and returns an array whose first
-    axis follows `batch`. `widths` are the samples' bucketed row widths and `sample_tokens` the tokens the
-    model reads per sample (for the progress bar); `layout` names how `run` lays a batch out, since a plan made
-    for one layout means nothing in another. The other arguments are those of `iter_score_batches`.
-
-    A missing sample that an earlier run planned runs again in that very batch (all of it, at its width), so
-    that it comes out bit for bit as it would have then; the others are planned among themselves, and their
-    batches are recorded in `plan_book` before they run. Out of memory, the budget is halved and the batch
-    planned again; a sample with a NaN or infinite value raises `NonFiniteScoresError`.
-    """
-
-    def plan(items: list[int], budget: int) -> list[tuple[list[int], int]]:
-        batches = plan_batches([widths[i] for i in items], budget, rows_per_item)
-        return [(members, max(widths[i] for i in members)) for members in ([items[j] for j in b] for b in batches)]
-
-    missing = np.ones(len(widths), dtype=bool) if done is None else ~np.asarray(done, dtype=bool)
-    earlier = plan_book.recorded(layout) if plan_book is not None else []
-    # Batches of an earlier plan that hold a missing sample run whole; only their missing samples are new. One
-    # that is over the budget now (lowered after running out of memory, or planned on a GPU) and holds nothing
-    # stored is planned again instead; one partly stored is replayed all the same, since only that batch gives its
-    # missing samples the values an uninterrupted run gave the rest.
-    replayed = [(members, width) for members, width in earlier if missing[members].any()
-                and (len(members) * rows_per_item * width <= max_batch_tokens or not missing[members].all())]
-    covered = np.zeros(len(widths), dtype=bool)
-    for members, _ in replayed:
-        covered[members] = True
-    fresh = plan([i for i in range(len(widths)) if missing[i] and not covered[i]], max_batch_tokens)
-    batches = replayed + fresh
-    rank, world = shard
-    owners = share_batches([len(b) * rows_per_item * width for b, width in batches], world)
-    pending = deque(batch for batch, owner in zip(batches, owners) if owner == rank)
-    if plan_book is not None:
-        plan_book.record(layout, [batch for batch, owner in zip(fresh, owners[len(replayed):]) if owner == rank])
-    bar = progress if isinstance(progress, ScoringProgress) else ScoringProgress(desc, enabled=progress)
-    # Only samples that are not stored yet: they are the ones every process will report as it finishes them.
-    bar.start([i for b, _ in batches for i in b if missing[i]], sample_tokens)
-    try:
-        while pending:
-            batch, width = pending.popleft()
-            try:
-                values = run(batch, width)
-            except torch.OutOfMemoryError:
-                if len(batch) == 1:
-                    raise ScoringOutOfMemory(
-                        f"Out of memory scoring sample {batch[0]} ({width} tokens) on its own. Free memory on the "
-                        "device, load the model in 4-bit (load_in_4bit), or drop or shorten that row."
-                    ) from None
-                # Halve the budget for this batch and all that follow: the next batches are as large as this one.
-                max_batch_tokens = max(1, min(max_batch_tokens, len(batch) * rows_per_item * width) // 2)
-                logger.warning("Out of memory on a batch of %d samples; retrying with a budget of %d tokens.",
-                               len(batch), max_batch_tokens)
-                if torch.cuda.is_available():
-                    torch.cuda.empty_cache()
-                # Only the samples not stored yet: a replayed batch's stored ones need no second run.
-                pending = deque(plan([i for i in [*batch, *(i for b, _ in pending for i in b)] if missing[i]],
-                                     max_batch_tokens))
-                if plan_book is not None:
-                    plan_book.record(layout, list(pending))  # a resumed run replays these, not the batches that failed
-                continue
-            finite = np.isfinite(values).reshape(len(batch), -1).all(axis=1)
-            if not finite.all():
-                sample = batch[int(np.argmin(finite))]
-                raise NonFiniteScoresError(
-                    f"Sample {sample} got NaN or infinite values: the logits overflowed or the weights hold NaN. "
-                    "Score in bf16 or fp32 rather than fp16, or check the model's weights.",
-                    sample_index=sample,
-                )
-            yield batch, values
-            bar.advance(batch)
-    finally:
-        if bar is not progress:
-            bar.close()
 
 
 def score_requests(model, requests: Sequence[SampleRequests], token_ids: Sequence[int], pad_id: int, **options) -> np.ndarray:

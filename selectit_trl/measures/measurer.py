@@ -1,91 +1,31 @@
-"""Per-sample measurements of each model, found in the score store or computed and appended to it.
+"""The measurer: every measure's values for a list of samples, found in the score store or computed into it.
 
-A measurement is what a strategy needs from a model for every sample:
-
-* `Ratings`: SelectIT's rating probabilities [K, S], from every rater (`scoring.py`);
-* `Difficulty`: IFD's or reverse IFD's two losses [2], from the model being tuned only (`losses.py`).
-
-Both go through one `Measurer`, so they share everything around the forward passes: identical samples
-measured once, the store lookup by token hash and weights fingerprint, batches planned the same way in every
-run, the share of each process under accelerate, progress bars, and the error that names the row.
+Every measure (`base.Measure`: rating probabilities, losses, a teacher's texts) goes through one `Measurer`, so
+they share everything around the forward passes: identical samples measured once, the store lookup by key and
+weights fingerprint, batches planned the same way in every run and replayed after an interruption, the share of
+each process under accelerate, progress bars, each batch stored as it ends, and the errors that name the row.
 """
 
 from __future__ import annotations
 
 import gc
-import hashlib
-import json
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from ..context import RunContext
-from ..engine.losses import fit_target_requests, iter_loss_batches
+from ..data.rows import RatingSample
 from ..engine.models import compiled_blocks
-from ..engine.prompts import (
-    RatingPrompts,
-    RatingSample,
-    build_requests,
-    build_target_requests,
-    rating_token_follows,
-    score_token_ids,
-    truncate_middle,
-)
-from ..engine.scoring import SampleRequests, iter_score_batches
 from ..errors import NonFiniteScoresError, StoredSelectionMismatch, StoreWriteError
-from ..reporting.progress import ScoringProgress
+from ..progress import ScoringProgress
 from ..store import ledger
+from .base import Measure, Rater
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class Rater:
-    """A model that rates samples, described without its weights, which `load` brings in only when needed."""
-
-    model_id: str
-    tokenizer: object
-    fingerprint: str  # identity of the weights as they will run: config, dtype, quantisation, revision, files
-    num_parameters: int  # theta, from the configuration
-    load: Callable[[], torch.nn.Module]
-    release_after_use: bool = False  # a peer is freed before the next model loads
-    max_positions: int | None = None  # the context length; longer samples lose their middle
-
-
-def sample_hash(sample: RatingSample) -> str:
-    """sha256 of a sample's content: what is rated, whatever row it sits in."""
-    return hashlib.sha256(json.dumps([sample.instruction, sample.response], ensure_ascii=False).encode("utf-8")).hexdigest()
-
-
-def token_hashes(requests: Sequence[SampleRequests], token_ids: Sequence[int]) -> list[str]:
-    """For each sample, sha256 of every token id the model will read for it and of the rating tokens.
-
-    This pins the sample, the prompts, the layout, the chat template, the tokenizer and any truncation at
-    once: if any of them changes, so does the hash, and stored probabilities are not reused.
-    """
-    rating = np.asarray(token_ids, dtype=np.int64).tobytes()
-    hashes = []
-    for sample in requests:
-        digest = hashlib.sha256(rating)
-        # Whole sequences, as the model reads them: how they are split into prefix and suffixes is a matter of
-        # speed, not of what is scored.
-        for k in range(len(sample.suffixes)):
-            digest.update(b"|")
-            digest.update(sample.sequence(k).astype(np.int64).tobytes())
-        hashes.append(digest.hexdigest())
-    return hashes
-
-
-def pad_id(tokenizer) -> int:
-    # Padded positions are masked out, so any valid id will do.
-    for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0):
-        if candidate is not None:
-            return candidate
-    return 0
 
 
 def free_memory() -> None:
@@ -94,97 +34,11 @@ def free_memory() -> None:
         torch.cuda.empty_cache()
 
 
-class Ratings:
-    """SelectIT's measurement: the probabilities of the rating tokens "1".."S" under each of K prompts."""
-
-    kind = "ratings"
-    field = "probs"
-    noun = "rating probabilities"
-    activity = "Scoring"  # what the progress bars say
-
-    def __init__(self, prompts: RatingPrompts, config, raters: Sequence[Rater]):
-        self.prompts, self.config = prompts, config
-        self.prompt_set = hashlib.sha256(json.dumps(
-            [prompts.preamble, list(prompts.requests), config.selection_score_max], ensure_ascii=False
-        ).encode("utf-8")).hexdigest()
-        self.shape = (len(prompts.requests), config.selection_score_max)
-        for rater in raters:
-            first = score_token_ids(rater.tokenizer, config.selection_score_max)[0]
-            if not rating_token_follows(rater.tokenizer, config.selection_prompt_layout, config.selection_use_chat_template, first):
-                logger.warning(
-                    "With the tokenizer of %s, a rating digit after the request merges with the preceding text into "
-                    "another token, so the model seldom predicts the bare digit there and its ratings carry less "
-                    "signal. Prefer sample_first; keep prompt_first only to reproduce the released scripts' scores.",
-                    rater.model_id,
-                )
-
-    def raters(self, raters: Sequence[Rater]) -> list[Rater]:
-        return list(raters)
-
-    def requests(self, rater: Rater, samples: Sequence[RatingSample]) -> tuple[list, list[bool]]:
-        config = self.config
-        requests = build_requests(
-            samples, self.prompts, rater.tokenizer, config.selection_prompt_layout, config.selection_use_chat_template
-        )
-        return truncate_middle(requests, rater.max_positions)
-
-    def keys(self, rater: Rater, requests) -> list[str]:
-        return token_hashes(requests, score_token_ids(rater.tokenizer, self.config.selection_score_max))
-
-    def batches(self, model, rater: Rater, requests, **options):
-        token_ids = score_token_ids(rater.tokenizer, self.config.selection_score_max)
-        return iter_score_batches(model, requests, token_ids, pad_id(rater.tokenizer), **options)
-
-    def record_fields(self) -> dict:
-        """What each store record says besides its values, for people inspecting the store."""
-        return {"prompts": self.prompt_set, "layout": self.config.selection_prompt_layout}
-
-
-class Difficulty:
-    """IFD (`kind="ifd"`) or reverse IFD (`"rifd"`): a target's mean token loss after its two contexts.
-
-    Measured with the model being tuned only: the point of both is how that model finds the data.
-    """
-
-    field = "losses"
-    noun = "losses"
-    shape = (2,)
-
-    def __init__(self, kind: str, config):
-        self.kind, self.config = kind, config
-        self.activity = f"Measuring {kind.upper()} losses"
-
-    def raters(self, raters: Sequence[Rater]) -> list[Rater]:
-        return list(raters[:1])
-
-    def requests(self, rater: Rater, samples: Sequence[RatingSample]) -> tuple[list, list[bool]]:
-        requests = build_target_requests(samples, rater.tokenizer, self.kind, self.config.selection_use_chat_template)
-        return fit_target_requests(requests, rater.max_positions)
-
-    def keys(self, rater: Rater, requests) -> list[str]:
-        hashes = []
-        for request in requests:
-            digest = hashlib.sha256(self.kind.encode("ascii"))  # never equal to a rating record's key
-            for c in range(len(request.contexts)):
-                digest.update(b"|")
-                digest.update(request.sequence(c).astype(np.int64).tobytes())
-            digest.update(b"|target|")
-            digest.update(np.asarray(request.target, dtype=np.int64).tobytes())
-            hashes.append(digest.hexdigest())
-        return hashes
-
-    def batches(self, model, rater: Rater, requests, **options):
-        return iter_loss_batches(model, requests, pad_id(rater.tokenizer), **options)
-
-    def record_fields(self) -> dict:
-        return {"kind": self.kind}
-
-
 @dataclass
 class Measured:
     """Every model's values of one measurement for a list of samples, and what it took to get them."""
 
-    values_by_model: dict[str, np.ndarray]  # [N, *measure.shape] per model, in sample order
+    values_by_model: dict[str, np.ndarray]  # [N, *measure.shape] per model, in sample order (texts: [N] objects)
     truncated: np.ndarray  # [N] bool: cut to fit the context of some model
     unique: int  # distinct samples among the N
     keys: dict[str, list[str]]  # model id -> store key of each distinct sample
@@ -193,16 +47,7 @@ class Measured:
     fresh: dict[str, np.ndarray]  # model id -> [N] bool: measured by this run rather than read from the store
 
 
-def _lookup(stored: dict, fingerprint: str, key: str, field: str, shape: tuple) -> np.ndarray | None:
-    """A sample's stored values, or None when there are none of the expected shape."""
-    record = stored.get((fingerprint, key))
-    if record is None or field not in record:
-        return None
-    values = np.asarray(record[field], dtype=np.float64)
-    return values if values.shape == shape else None
-
-
-class _PlanBook:
+class StorePlanBook:
     """The batch plans of one model and measurement in the score store, in terms of this call's samples.
 
     Samples are named in the store by their keys, so a plan survives rows being added, removed or reordered; a
@@ -245,7 +90,7 @@ class Measurer:
     def output_dir(self):
         return self.context.output_dir
 
-    def collect(self, measure, samples: Sequence[RatingSample], label: str = "", row_word: str = "row") -> Measured:
+    def collect(self, measure: Measure, samples: Sequence[RatingSample], label: str = "", row_word: str = "row") -> Measured:
         """Each of the measure's models' values for `samples`, from the store where it has them.
 
         Args:
@@ -261,7 +106,7 @@ class Measurer:
         # What each model will read, and so the key of its values in the store. The token arrays are dropped once
         # hashed and rebuilt for the models that must compute: with prompt_first they hold K whole requests per
         # sample (about 200 MB per model on a 50k-row dataset), while tokenizing again takes seconds.
-        content = [sample_hash(s) for s in unique]
+        content = [s.content_hash for s in unique]
         keys: dict[str, list[str]] = {}
         truncated = np.zeros(len(unique), dtype=bool)  # cut to fit the context of any model
         for rater in raters:
@@ -272,7 +117,7 @@ class Measurer:
 
         rank, world = self.context.shard
         wanted = {(r.fingerprint, key) for r in raters for key in keys[r.model_id]}
-        stored = ledger.read_store(self.output_dir, wanted)
+        stored = ledger.read_store(self.output_dir, wanted, measure.whole)
         # Plans are read with the records, before anyone appends, so that every process replays the same batches.
         plans = ledger.read_plans(self.output_dir, {r.fingerprint for r in raters})
         # Rank 0's progress bars count the other processes' records too; it starts following their files before
@@ -283,7 +128,8 @@ class Measurer:
 
         def found_in(stored: dict) -> dict[str, list]:
             """Each model's stored values per unique sample, None where the store has none."""
-            return {r.model_id: [_lookup(stored, r.fingerprint, key, measure.field, measure.shape) for key in keys[r.model_id]]
+            return {r.model_id: [None if (record := stored.get((r.fingerprint, key))) is None else measure.value(record)
+                                 for key in keys[r.model_id]]
                     for r in raters}
 
         found = found_in(stored)
@@ -310,7 +156,7 @@ class Measurer:
                 finished_elsewhere=follower.finished_rows(rater.fingerprint, measure.kind, rows_of) if follower else None,
             )
             try:
-                book = _PlanBook(self.output_dir, rank, rater.fingerprint, measure.kind, keys[rater.model_id], plans)
+                book = StorePlanBook(self.output_dir, rank, rater.fingerprint, measure.kind, keys[rater.model_id], plans)
                 seconds[rater.model_id] = self._compute_into_store(
                     measure, rater, unique, have, copy_of, content, keys[rater.model_id], progress, row_word, book
                 )
@@ -324,7 +170,7 @@ class Measurer:
                 free_memory()
         if scored_now:
             self.context.barrier()  # every process's share is in the store before anyone reads it back
-            found = found_in(ledger.read_store(self.output_dir, wanted))
+            found = found_in(ledger.read_store(self.output_dir, wanted, measure.whole))
         values_by_model = {}
         for rater in raters:
             missing = [j for j, values in enumerate(found[rater.model_id]) if values is None]
@@ -333,12 +179,12 @@ class Measurer:
                     f"{len(missing)} sample(s) of {rater.model_id} are missing from the score store after scoring, "
                     f"the first being {row_word} {int(np.flatnonzero(copy_of == missing[0])[0])}. Did another process fail?"
                 )
-            values_by_model[rater.model_id] = np.stack(found[rater.model_id])[copy_of]
+            values_by_model[rater.model_id] = measure.stack(found[rater.model_id])[copy_of]
         return Measured(values_by_model, truncated[copy_of], len(unique), keys, scored_now, seconds,
                         {m: flags[copy_of] for m, flags in fresh.items()})
 
     def _compute_into_store(self, measure, rater: Rater, unique, have, copy_of, content, keys, progress, row_word,
-                            plan_book: _PlanBook) -> float:
+                            plan_book: StorePlanBook) -> float:
         """Compute this process's share of the samples `have` lacks, appending each batch to the store as it finishes.
 
         Returns the seconds spent. A batch that also holds stored samples runs whole (so that every sample is
@@ -353,9 +199,8 @@ class Measurer:
         model = rater.load()
         started = time.perf_counter()
         written = 0
-        extra = measure.record_fields()
         try:
-            with (compiled_blocks(model, self.config.selection_compile),
+            with (compiled_blocks(model, self.config.selection_compile and measure.compiles),
                   ledger.StoreWriter(output_dir, rank=self.context.shard[0]) as writer):
                 batches = measure.batches(
                     model, rater, requests, max_batch_tokens=self.config.selection_max_batch_tokens,
@@ -365,7 +210,7 @@ class Measurer:
                     new = [(j, v) for j, v in zip(batch, values) if not done[j]]
                     writer.append(
                         {"model": rater.fingerprint, "model_id": rater.model_id, "tokens": keys[j], "sample": content[j],
-                         **extra, measure.field: v.tolist(), "truncated": bool(cut[j])}
+                         **measure.record(v), "truncated": bool(cut[j])}
                         for j, v in new
                     )
                     written += len(new)

@@ -10,14 +10,14 @@ from .. import strategies
 from ..data.rows import RatingSample
 from ..data.text import is_blank
 from ..errors import DatasetError, RowFormatError, SelectionConfigError
-from . import reflection
+from . import ranking
 
 logger = logging.getLogger(__name__)
 
 
 def check_keeps_rows(num_samples: int, config) -> None:
     """Refuse a ratio that would keep nothing: training on zero rows fails deep inside the Trainer."""
-    if reflection.num_to_keep(num_samples, config.selection_ratio, config.selection_max_samples) == 0:
+    if ranking.num_to_keep(num_samples, config.selection_ratio, config.selection_max_samples) == 0:
         raise SelectionConfigError(
             f"selection_ratio={config.selection_ratio} keeps floor({num_samples} x {config.selection_ratio}) = 0 "
             "rows: raise selection_ratio or set selection_max_samples."

@@ -10,7 +10,6 @@ before its turn and released right after, so that peak memory is that of the lar
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -22,10 +21,11 @@ from ..context import RunContext
 from ..data.rows import RatingSample
 from ..data.text import is_blank
 from ..errors import StoredSelectionMismatch
-from ..measures.measurer import Measured, Measurer, Rater
+from ..measures.base import Rater
+from ..measures.measurer import Measured, Measurer
 from ..store import ledger, outputs
 from ..store.summary import Summary
-from . import diversity, probe, recycling, reflection
+from . import diversity, probe, ranking, recycling
 from .checks import check_keeps_rows, empty_responses
 from .plan import Evaluation, Plan
 from .probing import measure_probe
@@ -54,7 +54,7 @@ class SelectionResult:
 def dataset_hash(samples: Sequence[RatingSample]) -> str:
     digest = hashlib.sha256()
     for sample in samples:
-        digest.update(json.dumps([sample.instruction, sample.response], ensure_ascii=False).encode("utf-8"))
+        digest.update(sample.content)
         digest.update(b"\n")
     return digest.hexdigest()
 
@@ -76,7 +76,7 @@ def _shorten(text: str, limit: int = 160) -> str:
 def _examples(samples: Sequence[RatingSample], scores: np.ndarray, eligible: np.ndarray, count: int = 10) -> dict:
     """The highest- and lowest-scored samples, shortened, so a report can show them without the dataset. Rows that
     may never be kept (empty responses, IFD > 1) rank below all others."""
-    order = reflection.rank(probe.bottom_barred(scores, eligible)).tolist()
+    order = ranking.rank(probe.bottom_barred(scores, eligible)).tolist()
 
     def describe(i: int) -> dict:
         instruction = None if samples[i].is_text else _shorten(samples[i].instruction)  # None: a whole text
@@ -124,8 +124,8 @@ def run_selection(
     `config.selection_probe`), measure what `config.selection_strategy` needs, rank, and select (with
     `config.selection_diversity`).
 
-    Measurements go to the score store (`probability_store`) batch by batch as they are made, and every one
-    the store already holds for the same token ids and weights (see `measurer.token_hashes` and
+    Measurements go to the score store (`store/ledger.py`) batch by batch as they are made, and every one
+    the store already holds for the same token ids and weights (see `measures.base.store_key` and
     `Rater.fingerprint`) is not computed again: an interrupted run picks up where it stopped. Alpha, the
     normalisation, the ratio, the model weights and the strategies' weights are always recomputed, which costs
     no forward pass.
@@ -192,7 +192,7 @@ def run_selection(
     barred = dict(ranked.barred)
     if plan.needs_instructions:
         barred["empty_instruction"] = sum(is_blank(s.instruction) for s in samples)
-    wanted = reflection.num_to_keep(len(samples), config.selection_ratio, config.selection_max_samples)
+    wanted = ranking.num_to_keep(len(samples), config.selection_ratio, config.selection_max_samples)
     if int(eligible.sum()) < wanted:
         logger.warning(
             "Only %d row(s) may be kept (%s), fewer than the %d asked for: keeping them all.",
@@ -201,7 +201,7 @@ def run_selection(
         )
     clusters = None
     if config.selection_diversity == "none":
-        selected = reflection.select(scores, config.selection_ratio, config.selection_max_samples, eligible).tolist()
+        selected = ranking.select(scores, config.selection_ratio, config.selection_max_samples, eligible).tolist()
     else:
         embeddings = diversity.embeddings_for(samples, config, context)
         selected, clusters = diversity.pick(config, embeddings, scores, eligible, wanted)

@@ -14,8 +14,11 @@ from ..data.rows import RatingSample
 from ..data.text import is_blank
 from ..engine.prompts import load_prompts
 from ..errors import SelectionConfigError
-from ..measures.measurer import Difficulty, Measured, Measurer, Rater, Ratings
-from . import reflection
+from ..measures.base import Rater
+from ..measures.difficulty import Difficulty
+from ..measures.measurer import Measured, Measurer
+from ..measures.ratings import Ratings
+from ..strategies import reflection
 
 logger = logging.getLogger(__name__)
 

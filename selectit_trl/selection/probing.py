@@ -11,7 +11,8 @@ import numpy as np
 from ..context import RunContext
 from ..data.rows import RatingSample
 from ..errors import SelectionConfigError, StoredSelectionMismatch
-from ..measures.measurer import Measurer, Rater
+from ..measures.base import Rater
+from ..measures.measurer import Measurer
 from ..store import outputs
 from . import probe
 from .checks import empty_responses

@@ -11,35 +11,30 @@ With `selection_teacher_model`, each row goes through two stages before selectio
 
 Each row ends as one of four versions: `original`, `instruction` (new instruction and its answer),
 `response` (original instruction, new response) or `both`; selection then ranks those versions by the
-configured strategy. Generation is greedy and batched, and every text goes to the score store as it is made
-(a record `{"kind": "rewrite", "text": ...}` keyed by the teacher and the prompt's token ids), so a resumed
-run generates nothing twice. Under accelerate each process generates its share of the batches. The student's
-IFD and r-IFD come from the same store, so the strategy stage reuses them.
+configured strategy. The teacher's texts are a measure like the student's losses (`measures/rewrites.py`):
+greedy, batched, each stored as it is made, so a resumed run generates nothing twice, and under accelerate
+each process generates its share of the batches, balanced by cost. The student's IFD and r-IFD come from the
+same store, so the strategy stage reuses them.
 
 The prompts below are this project's own writing.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from .. import strategies
-from ..context import RunContext
 from ..data.rows import RatingSample
 from ..data.text import is_blank
-from ..engine.prompts import turn_texts
-from ..engine.scoring import input_device, left_pad
-from ..errors import StoredSelectionMismatch
-from ..measures.measurer import Difficulty, Measurer, Rater, free_memory, pad_id
-from ..reporting.progress import ScoringProgress
-from ..store import ledger
+from ..measures import rewrites
+from ..measures.base import Rater
+from ..measures.difficulty import Difficulty
+from ..measures.measurer import Measurer, free_memory
 
 logger = logging.getLogger(__name__)
 
@@ -69,122 +64,6 @@ class Recycled:
     seconds: float  # generation and student measurement, as this process saw them
 
 
-@torch.no_grad()
-def generate(model, tokenizer, prompts: Sequence[np.ndarray], max_new_tokens: int) -> list[str]:
-    """Greedy continuations of a batch of token-id prompts, left-padded, decoded without special tokens."""
-    pad = pad_id(tokenizer)
-    input_ids, attention_mask, _ = left_pad(prompts, pad, input_device(model))
-    output = model.generate(
-        input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=max_new_tokens, do_sample=False,
-        pad_token_id=pad, eos_token_id=tokenizer.eos_token_id,
-    )
-    return [tokenizer.decode(row, skip_special_tokens=True).strip() for row in output[:, input_ids.shape[1]:]]
-
-
-class _TeacherTexts:
-    """The teacher's generations, from the store where it has them, generated in batches where it does not."""
-
-    def __init__(self, teacher: Rater, config, context: RunContext):
-        self.teacher, self.config, self.context = teacher, config, context
-        self.model = None
-        self.generated = 0
-
-    def _key(self, ids: np.ndarray) -> str:
-        digest = hashlib.sha256(f"rewrite|{self.config.selection_teacher_max_new_tokens}|".encode("ascii"))
-        digest.update(np.asarray(ids, dtype=np.int64).tobytes())
-        return digest.hexdigest()
-
-    def texts(self, requests: Sequence[str], label: str) -> list[str]:
-        tokenizer = self.teacher.tokenizer
-        prompts = [np.asarray(tokenizer(text, add_special_tokens=False)["input_ids"], dtype=np.int64)
-                   for text in turn_texts(requests, tokenizer)]
-        keys = [self._key(p) for p in prompts]
-        fingerprint = self.teacher.fingerprint
-        wanted = {(fingerprint, k) for k in keys}
-
-        def found() -> dict[str, str]:
-            return {k: r["text"] for (_, k), r in ledger.read_store(self.context.output_dir, wanted).items()
-                    if isinstance(r.get("text"), str)}
-
-        have = found()
-        # Read with the texts, before anyone appends: every process replays the same batches.
-        plans = ledger.read_plans(self.context.output_dir, {fingerprint})
-        planned = plans.get((fingerprint, "rewrite", "generate"), [])
-        rank, world = self.context.shard
-        # Rank 0's bar counts the other processes' texts too; it follows their files from before anyone appends.
-        follower = ledger.StoreFollower(self.context.output_dir, rank) if world > 1 and self.context.progress else None
-        self.context.barrier()  # every process has read the same store before any appends to it
-        missing = sorted({k: i for i, k in enumerate(keys) if k not in have}.values())
-        if missing:
-            if not self.context.allow_scoring:
-                raise StoredSelectionMismatch(
-                    f"The score store lacks {len(missing)} text(s) of the teacher {self.teacher.model_id}. A resumed run "
-                    "must train on the subset it started with: resume with the original settings, or start a fresh "
-                    "output_dir."
-                )
-            self._generate(prompts, keys, missing, label, follower, planned)
-            self.generated += len(missing)  # every process's share: the same count on each
-            self.context.barrier()  # every process's share is in the store before anyone reads it back
-            have = found()
-        return [have[k] for k in keys]
-
-    def _generate(self, prompts, keys, missing: list[int], label: str, follower, planned) -> None:
-        """This process's share of the missing prompts, longest first in batches, each batch stored as it ends.
-
-        Greedy text depends on the batch it is generated in (its padding, and the last bits of its floats), so a
-        prompt that an earlier run planned is generated again in that batch, whole (`planned`, from the store's
-        plans); the others are batched among themselves, and their batches recorded before they run. `follower`
-        (rank 0 under accelerate, else None) reports the other processes' texts as they are stored.
-        """
-        size = self.config.selection_teacher_batch_size
-        position = {k: i for i, k in enumerate(keys)}  # one prompt per key, the one `missing` names
-        lacking = set(missing)
-        replayed = [[position[k] for k in batch] for _, batch in planned
-                    if all(k in position for k in batch) and lacking & {position[k] for k in batch}]
-        covered = {position[k] for _, batch in planned if all(k in position for k in batch) for k in batch}
-        order = sorted((i for i in missing if i not in covered), key=lambda i: (-len(prompts[i]), i))
-        fresh = [order[start:start + size] for start in range(0, len(order), size)]
-        rank, world = self.context.shard
-        owned = [n % world == rank for n in range(len(replayed) + len(fresh))]
-        mine = [b for b, own in zip(replayed + fresh, owned) if own]
-        if not mine:
-            return
-        if self.model is None:
-            self.model = self.teacher.load()
-        bar = ScoringProgress(
-            f"{label} with {self.teacher.model_id}", enabled=self.context.progress,
-            finished_elsewhere=(
-                follower.finished_rows(self.teacher.fingerprint, "rewrite", {keys[i]: [i] for i in missing})
-                if follower else None
-            ),
-        )
-        bar.start(missing, [len(p) + self.config.selection_teacher_max_new_tokens for p in prompts])
-        try:
-            with ledger.StoreWriter(self.context.output_dir, rank=rank) as writer:
-                # Recorded once this process holds the store's lock: a second run on the same output_dir is refused
-                # above, before its plan could replace this one's.
-                ledger.append_plan(
-                    self.context.output_dir, rank, self.teacher.fingerprint, "rewrite", "generate",
-                    [(max(len(prompts[i]) for i in b), tuple(keys[i] for i in b))
-                     for b, own in zip(fresh, owned[len(replayed):]) if own],
-                )
-                for batch in mine:
-                    texts = generate(self.model, self.teacher.tokenizer, [prompts[i] for i in batch],
-                                     self.config.selection_teacher_max_new_tokens)
-                    new = [(i, text) for i, text in zip(batch, texts) if i in lacking]  # a replayed batch's others are stored
-                    writer.append({"model": self.teacher.fingerprint, "model_id": self.teacher.model_id,
-                                   "tokens": keys[i], "kind": "rewrite", "text": text} for i, text in new)
-                    bar.advance([i for i, _ in new])
-            bar.wait_for_others()  # rank 0 waits at the barrier next anyway; until then its bar follows the others
-        finally:
-            bar.close()
-
-    def release(self) -> None:
-        if self.model is not None:
-            self.model = None
-            free_memory()
-
-
 def choose_instruction(ifd_original: np.ndarray, ifd_recycled: np.ndarray, usable: np.ndarray) -> np.ndarray:
     """Where the new instruction (and its answer) is kept: a usable rewrite whose IFD is higher, and at most 1 (a
     rewrite above 1 is misaligned, and IFD selection would never keep it)."""
@@ -199,15 +78,23 @@ def choose_response(rifd_current: np.ndarray, rifd_recycled: np.ndarray, usable:
 def recycle(samples: Sequence[RatingSample], teacher: Rater, measurer: Measurer, config, eligible: np.ndarray) -> Recycled:
     """Both stages for every eligible row (rows with an empty response stay as they are, never kept anyway)."""
     started = time.perf_counter()
-    texts = _TeacherTexts(teacher, config, measurer.context)
+    teacher = rewrites.kept_loaded(teacher)
     rows = np.flatnonzero(eligible)
     original = [samples[i] for i in rows]
     computed: list[int] = []  # samples whose losses each measurement computed
+    generated: list[int] = []  # texts each stage generated
+
+    def texts(requests: list[str], activity: str) -> list[str]:
+        measure = rewrites.TeacherRewrites(teacher, config, activity)
+        measured = measurer.collect(measure, [RatingSample(None, request) for request in requests], row_word="text")
+        generated.append(sum(measured.scored_now.values()))
+        return list(measured.values_by_model[teacher.model_id])
+
     try:
-        new_instructions = texts.texts(
+        new_instructions = texts(
             [INSTRUCTION_REQUEST.format(instruction=s.instruction, response=s.response) for s in original],
             "Rewriting instructions")
-        answers = texts.texts(new_instructions, "Answering the new instructions")
+        answers = texts(new_instructions, "Answering the new instructions")
         rewritten = [RatingSample(q, a) for q, a in zip(new_instructions, answers)]
         # A rewrite the student could not judge (an empty text, a blank instruction) keeps the original.
         usable = np.array([not (is_blank(s.instruction) or is_blank(s.response)) for s in rewritten], dtype=bool)
@@ -217,10 +104,10 @@ def recycle(samples: Sequence[RatingSample], teacher: Rater, measurer: Measurer,
         take_instruction = choose_instruction(before, after, usable)
         current = [r if take else o for o, r, take in zip(original, rewritten, take_instruction)]
 
-        new_responses = texts.texts(
+        new_responses = texts(
             [RESPONSE_REQUEST.format(instruction=s.instruction, response=s.response) for s in current],
             "Rewriting responses")
-        texts.release()  # its last texts are written: the student's r-IFD passes run without it
+        _release(teacher)  # its last texts are written: the student's r-IFD passes run without it
         candidates = [RatingSample(s.instruction, a) for s, a in zip(current, new_responses)]
         usable = np.array([not is_blank(a) for a in new_responses], dtype=bool)
         rifd = Difficulty("rifd", config)
@@ -228,14 +115,19 @@ def recycle(samples: Sequence[RatingSample], teacher: Rater, measurer: Measurer,
         after = strategies.rifd(_losses(measurer, rifd, candidates, label="Recycling, new responses: ", counts=computed))
         take_response = choose_response(before, after, usable)
     finally:
-        texts.release()
+        _release(teacher)
     chosen, versions = list(samples), ["original"] * len(samples)
     for j, i in enumerate(rows):
         chosen[i] = candidates[j] if take_response[j] else current[j]
         versions[i] = VERSIONS[int(take_instruction[j]) + 2 * int(take_response[j])]
     counts = {v: versions.count(v) for v in VERSIONS}
     logger.info("Recycling with %s: %s.", teacher.model_id, ", ".join(f"{n} {v}" for v, n in counts.items()))
-    return Recycled(chosen, versions, texts.generated, sum(computed), time.perf_counter() - started)
+    return Recycled(chosen, versions, sum(generated), sum(computed), time.perf_counter() - started)
+
+
+def _release(teacher: Rater) -> None:
+    rewrites.release(teacher)
+    free_memory()
 
 
 def _losses(measurer: Measurer, measure: Difficulty, samples: Sequence[RatingSample], label: str,

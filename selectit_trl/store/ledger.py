@@ -1,22 +1,18 @@
-"""The append-only store of per-sample measurements (rating probabilities, losses) under `OUTPUT_DIR/selection/store/`.
+"""The append-only store of per-sample measurements under `OUTPUT_DIR/selection/store/`.
 
-Scoring a large dataset takes hours, so every batch's probabilities are appended here as soon as they exist,
-flushed and fsynced, one JSON line per sample and model:
+Scoring a large dataset takes hours, so every batch's values are appended here as soon as they exist,
+flushed and fsynced, one JSON line per sample and model. Every record has the same envelope, and the fields of
+its measure (`measures/`: rating probabilities, IFD and reverse-IFD losses, a teacher's rewrites):
 
-    {"model": FINGERPRINT, "model_id": ..., "tokens": SHA256, "sample": SHA256, "prompts": SHA256,
-     "layout": ..., "probs": [[p_1 .. p_S] x K], "truncated": false}
-
-or, for the IFD and reverse-IFD strategies, the two losses of the model being tuned:
-
-    {"model": ..., "model_id": ..., "tokens": SHA256, "sample": SHA256, "kind": "ifd", "losses": [L_with, L_without],
+    {"model": FINGERPRINT, "model_id": ..., "tokens": KEY, "sample": SHA256, ...its measure's fields...,
      "truncated": false}
 
-or a teacher's rewrite (`recycling.py`), keyed by the teacher and the prompt's token ids:
-
-    {"model": ..., "model_id": ..., "tokens": SHA256, "kind": "rewrite", "text": "..."}
+for example `"prompts": SHA256, "layout": ..., "probs": [[p_1 .. p_S] x K]` for SelectIT's ratings. The ledger
+knows the envelope only; each measure says which of its records are whole (`Measure.whole`).
 
 A record is found again by the model's fingerprint (its weights as they run: configuration, dtype,
-quantisation, revision, files) and the hash of the token ids the model reads for the sample. That one hash
+quantisation, revision, files) and its key, the hash of the token ids the model reads for the sample
+(`measures.base.store_key`). That one hash
 covers the sample's content, the prompt set, the layout, the chat template, the tokenizer and any
 truncation, so a change to any of them finds no record and scores again, while everything it does not touch
 is reused. The sample's content hash, the prompt-set hash and the layout are stored too, for inspection.
@@ -47,7 +43,6 @@ import errno
 import fcntl
 import json
 import logging
-import math
 import os
 import time
 from collections import defaultdict
@@ -61,37 +56,18 @@ logger = logging.getLogger(__name__)
 
 STORE_DIR = "store"
 PLANS_DIR = "plans"
-RECORD_FIELDS = ("model", "tokens", "probs")
 
 
 def store_dir(output_dir) -> Path:
     return selection_dir(output_dir) / STORE_DIR
 
 
-def _valid(record) -> bool:
-    if not isinstance(record, dict) or not isinstance(record.get("model"), str) or not isinstance(record.get("tokens"), str):
-        return False
-    if "text" in record:  # a teacher's rewrite (recycling.py)
-        return isinstance(record["text"], str)
-    if "losses" in record:  # IFD or reverse IFD: mean token losses, one per context
-        losses = record["losses"]
-        return (
-            isinstance(losses, list) and bool(losses)
-            and all(type(v) in (int, float) and math.isfinite(v) and v >= 0.0 for v in losses)
-        )
-    probs = record.get("probs")
-    return (
-        isinstance(probs, list)
-        and bool(probs)
-        and all(isinstance(row, list) and row and len(row) == len(probs[0]) for row in probs)
-        and all(
-            type(p) in (int, float) and math.isfinite(p) and 0.0 <= p <= 1.0  # type(): bool is not a probability
-            for row in probs for p in row
-        )
-    )
+def _addressed(record) -> bool:
+    """Whether a line is a record with a model and a key; what its value must hold is up to its measure."""
+    return isinstance(record, dict) and isinstance(record.get("model"), str) and isinstance(record.get("tokens"), str)
 
 
-def _records(path: Path, valid: Callable[[object], bool] = _valid):
+def _records(path: Path, valid: Callable[[object], bool]):
     """The records of one store file, and how many of its lines were dropped. Read line by line; a last line
     without its newline is torn even when it parses, as the owning writer will cut it off."""
     dropped = 0
@@ -118,17 +94,24 @@ def _records(path: Path, valid: Callable[[object], bool] = _valid):
         yield None, dropped
 
 
-def read_store(output_dir, wanted: set[tuple[str, str]] | None = None) -> dict[tuple[str, str], dict]:
+def read_store(
+    output_dir, wanted: set[tuple[str, str]] | None = None, whole: Callable[[dict], bool] | None = None
+) -> dict[tuple[str, str], dict]:
     """The complete records in the store, by (model fingerprint, token hash); a later record replaces an earlier.
 
     With `wanted`, only those keys are kept, so that the records of other models and prompts stored over time
-    do not fill memory.
+    do not fill memory. `whole` is the measure's test of a record's value (`Measure.whole`): a record that fails
+    it is dropped as damaged. Without it, any line with a model and a key is a record.
     """
+
+    def valid(record) -> bool:
+        return _addressed(record) and (whole is None or whole(record))
+
     folder = store_dir(output_dir)
     found: dict[tuple[str, str], dict] = {}
     dropped = 0
     for path in sorted(folder.glob("*.jsonl")) if folder.is_dir() else []:
-        for record, bad in _records(path):
+        for record, bad in _records(path, valid):
             if record is None:
                 dropped += bad
                 continue

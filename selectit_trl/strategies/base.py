@@ -24,7 +24,7 @@ logger = logging.getLogger(__name__)
 ENTRY_POINT_GROUP = "selectit_trl.strategies"
 # The measurements selectit-trl computes, in the order they are measured and recorded: SelectIT's rating
 # probabilities (every scoring model), and the two-context losses of the model being tuned that IFD and reverse
-# IFD are made of (prompts.build_target_requests says which contexts).
+# IFD are made of (engine/targets.build_target_requests says which contexts).
 MEASUREMENTS = ("ratings", "ifd", "rifd")
 
 

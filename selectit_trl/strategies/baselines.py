@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..engine.prompts import token_counts
+from ..engine.tokens import token_counts
 from .base import Measurements, Strategy, register_strategy
 
 

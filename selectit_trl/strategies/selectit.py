@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..selection import reflection
+from . import reflection
 from .base import Measurements, Strategy, register_strategy
 
 

@@ -14,8 +14,8 @@ from ..engine.peers import PeerSpec, parse_peer
 from ..engine.prompts import LAYOUTS
 from ..errors import SelectionConfigError
 from ..selection.diversity import DIVERSITY_MODES
-from ..selection.reflection import NORMALIZATIONS
 from ..strategies import parse_strategy
+from ..strategies.reflection import NORMALIZATIONS
 
 
 @dataclass

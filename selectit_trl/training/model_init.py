@@ -11,7 +11,7 @@ from ..engine import hardware
 from ..engine.models import model_fingerprint, parameter_count
 from ..engine.peers import PeerSpec
 from ..errors import SelectionConfigError
-from ..measures.measurer import Rater
+from ..measures.base import Rater
 
 
 def context_length(config) -> int | None:

@@ -21,7 +21,7 @@ from trl import SFTTrainer
 
 from .. import strategies
 from ..context import RunContext
-from ..data import formats
+from ..data import formats, training_view
 from ..engine import hardware
 from ..engine.models import (
     EMBEDDED_MODEL_ID,
@@ -32,7 +32,7 @@ from ..engine.models import (
 from ..engine.prompts import prompts_without_scale, score_token_ids
 from ..engine.scoring import cap_onednn_cache
 from ..errors import DatasetError, SelectionConfigError, StoredSelectionMismatch
-from ..measures.measurer import Rater
+from ..measures.base import Rater
 from ..selection import diversity, processes
 from ..selection.checks import check_instructions, check_keeps_rows, empty_responses
 from ..selection.pipeline import SelectionResult, run_selection
@@ -71,7 +71,7 @@ class SelectiveSFTTrainer(SFTTrainer):
         train_dataset ([`~datasets.Dataset`] or [`~datasets.IterableDataset`]):
             Any dataset SFTTrainer trains on (text, messages, prompt/completion, pre-tokenized, or rows for a
             `formatting_func`), or alpaca, instruction/output, ShareGPT or translation rows, which are converted
-            into a TRL shape (`selectit_trl.formats`). TRL receives the kept rows as they are, every column kept.
+            into a TRL shape (`data/training_view.py`). TRL receives the kept rows as they are, every column kept.
             An iterable dataset is rated in one pass and filtered to the kept rows in a second, so it must give the
             same rows in the same order each time.
         processing_class (`PreTrainedTokenizerBase`, *optional*):
@@ -187,11 +187,10 @@ class SelectiveSFTTrainer(SFTTrainer):
         trained_as = formats.FORMATTED if formatting_func is not None and fmt != "tokenized" else fmt
         self._training_shape = (conversational, trained_as, text_field)
         self._user_rows = train_dataset
-        self._selection_pool = formats.training_dataset(train_dataset, *self._training_shape)
+        self._selection_pool = training_view.training_dataset(train_dataset, *self._training_shape)
         if formatting_func is None:
-            eval_dataset = formats.eval_in_training_shape(eval_dataset, conversational, args.selection_dataset_format, text_field)
+            eval_dataset = training_view.eval_in_training_shape(eval_dataset, conversational, args.selection_dataset_format, text_field)
         self.selection_result: SelectionResult | None = None
-        self._store_set_aside = False  # selection_overwrite applies to this trainer's first selection only
 
         self._deferring_pool = True  # see _prepare_dataset
         super().__init__(
@@ -326,10 +325,10 @@ class SelectiveSFTTrainer(SFTTrainer):
                 context,
                 expected_indices_sha256=expected_indices_sha256,
                 dataset_format=self.dataset_format,
-                overwrite=self.args.selection_overwrite and not self._store_set_aside,
+                # selection_overwrite scores again once: a trainer's later selections reuse what its first one made.
+                overwrite=self.args.selection_overwrite and self.selection_result is None,
                 teacher=peer_rater(self.args, self.model, teacher) if (teacher := self.args.teacher_spec()) else None,
             )
-            self._store_set_aside = True
         context.barrier()  # the files are written before any process goes on
         result = self.selection_result
         logger.info("%s kept %d of %d samples (%s).", result.summary.label, len(result.selected_indices),
@@ -362,12 +361,12 @@ class SelectiveSFTTrainer(SFTTrainer):
             subset = self._selection_pool.select(kept)
         else:
             # The filter reads the user's own rows, as they were fingerprinted; any conversion follows it.
-            subset = formats.training_dataset(kept_rows(self._user_rows, kept, self._row_fingerprints),
+            subset = training_view.training_dataset(kept_rows(self._user_rows, kept, self._row_fingerprints),
                                               *self._training_shape)
         if result.recycled:
             # Rows that took a teacher's rewrite train on it, in the shape their format trains in.
             conversational = bool(getattr(self.processing_class, "chat_template", None))
-            rewrites = {j: formats.training_row(result.recycled[i], conversational)
+            rewrites = {j: training_view.training_row(result.recycled[i], conversational)
                         for j, i in enumerate(kept) if i in result.recycled}
             subset = subset.map(lambda row, j: rewrites.get(j, row), with_indices=True)
         if not self._skip_prepare_dataset:

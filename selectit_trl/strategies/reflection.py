@@ -1,9 +1,9 @@
 """SelectIT's uncertainty-aware self-reflection, as pure array math.
 
-Nothing here touches a model, a tokenizer or a file: the scorer hands in the raw probabilities of the score
-tokens "1".."S", and everything from there to the kept indices happens in this module. Keeping it pure is
-what lets the score store recompute a selection for a new alpha, normalisation, ratio or set of model
-weights without a single forward pass.
+Nothing here touches a model, a tokenizer or a file: the measurer hands in the raw probabilities of the score
+tokens "1".."S", and everything from there to one score per sample happens in this module (which samples are
+kept, from those scores, is `selection/ranking.py`'s). Keeping it pure is what lets the score store recompute a
+selection for a new alpha, normalisation or set of model weights without a single forward pass.
 
 Shapes used throughout:
     probs          [..., S]   raw full-vocabulary softmax values of the tokens "1".."S"
@@ -111,40 +111,6 @@ def combine(sentence_by_model: Mapping[str, np.ndarray], weights: Mapping[str, f
     if total is None:
         raise ValueError("No model scores to combine.")
     return total
-
-
-def rank(scores: np.ndarray) -> np.ndarray:
-    """Indices ordered by score, highest first; equal scores keep their original order (lower index first)."""
-    s = np.asarray(scores, dtype=np.float64)
-    # NaN sorts last: a sample whose score could not be computed must never be preferred.
-    key = np.where(np.isnan(s), -np.inf, s)
-    return np.lexsort((np.arange(len(s)), -key))
-
-
-def num_to_keep(num_samples: int, ratio: float | None = None, max_samples: int | None = None) -> int:
-    """How many samples selection keeps: `max_samples` when given (capped at N), else floor(N * ratio)."""
-    if max_samples is not None:
-        if max_samples < 1:
-            raise ValueError(f"selection_max_samples must be >= 1, got {max_samples}.")
-        return min(int(max_samples), num_samples)
-    if ratio is None or not 0 < ratio <= 1:
-        raise ValueError(f"selection_ratio must be in (0, 1], got {ratio}.")
-    # Plain floor of the float product, as the released scripts' int(N * ratio) does, so counts match theirs.
-    return min(num_samples, math.floor(num_samples * ratio))
-
-
-def select(
-    scores: np.ndarray, ratio: float | None = None, max_samples: int | None = None, eligible: np.ndarray | None = None
-) -> np.ndarray:
-    """Indices of the kept samples, in rank order (best first).
-
-    The count is taken over all N samples; samples outside `eligible` (a boolean mask) are never kept, so fewer
-    than that count are kept when too few are eligible.
-    """
-    order = rank(scores)
-    if eligible is not None:
-        order = order[np.asarray(eligible, dtype=bool)[order]]
-    return order[: num_to_keep(len(scores), ratio, max_samples)]
 
 
 def score_samples(

@@ -1,6 +1,6 @@
 """Live progress of one model's scoring: samples done of all processes, samples/s, tokens/s and an ETA.
 
-The ETA is taken from tokens, not samples. Batches run longest first (see `scoring.plan_batches`), so the
+The ETA is taken from tokens, not samples. Batches run longest first (see `engine/batching.plan_batches`), so the
 first samples are the slowest and a samples-based ETA would run high for most of the run; the time per token
 is nearly constant.
 
