@@ -1,6 +1,7 @@
 """selectit-trl: SelectIT data selection as one step of TRL supervised fine-tuning."""
 
 import importlib
+from importlib.metadata import PackageNotFoundError, version
 
 # Imported on first use, so that `selectit-trl report` and other torch-free parts start without loading torch,
 # transformers and TRL (several seconds).
@@ -12,7 +13,10 @@ _EXPORTS = {
 }
 
 __all__ = sorted(_EXPORTS)
-__version__ = "0.1.0"
+try:
+    __version__ = version("selectit-trl")  # pyproject.toml's, as installed: one place to change it
+except PackageNotFoundError:  # imported from a source tree that was never installed
+    __version__ = "0+unknown"
 
 
 def __getattr__(name: str):

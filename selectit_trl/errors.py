@@ -67,3 +67,7 @@ class PeerProcessFailed(SelectITError, RuntimeError):
 
 class SelectionFilesError(SelectITError, ValueError):
     """A file of a finished selection (`scores.jsonl`) is missing or damaged; the message says how to rebuild it."""
+
+
+class HubUnreachable(SelectITError, OSError):
+    """The Hugging Face Hub cannot be reached (offline, no network, no login); what was written locally is kept."""

@@ -102,6 +102,22 @@ def test_score_writes_the_selection_only(tiny_llama, data_file, tmp_path):
     assert not (tmp_path / "out" / "adapter_model.safetensors").exists()
 
 
+@pytest.mark.parametrize("streaming", [False, True])
+def test_the_subset_file_holds_the_kept_rows_as_the_user_gave_them(tiny_llama, demo_rows, tmp_path, streaming):
+    """Every column (extra ones too), in dataset order, each line byte for byte the source file's line."""
+    rows = [{"id": f"row-{i}", **r, "tags": [f"t{i}", "démo"], "meta": {"n": i, "w": i / 7}} for i, r in enumerate(demo_rows[:16])]
+    lines = [json.dumps(row, ensure_ascii=False) + "\n" for row in rows]
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(lines), encoding="utf-8")
+    done = cli("score", "--config", write_recipe(tmp_path, tiny_llama, data, dataset_streaming=streaming))
+    assert done.returncode == 0, done.stderr[-3000:]
+    scores = [json.loads(line) for line in (tmp_path / "out" / "selection" / "scores.jsonl").read_text().splitlines()]
+    kept = [r["index"] for r in scores if r["selected"]]
+    assert len(kept) == 4
+    subset = (tmp_path / "out" / "selection" / "subset.jsonl").read_text(encoding="utf-8").splitlines(keepends=True)
+    assert subset == [lines[i] for i in kept]
+
+
 def test_a_csv_file_is_scored_like_the_same_rows_in_json_lines(tiny_llama, data_file, tmp_path):
     """A local file is read by its extension (parquet, csv, ... in tests/test_loading.py); CSV is the one where an
     empty `input` comes back as a missing value, and the scores must still be those of the JSON lines rows."""
@@ -189,6 +205,35 @@ def test_unknown_recipe_key_gets_a_one_line_hint(tiny_llama, data_file, tmp_path
     assert done.returncode == 1
     assert "Traceback" not in done.stderr
     assert "'selection_rato' (did you mean 'selection_ratio'?)" in done.stderr
+
+
+def test_a_misspelt_flag_gets_a_one_line_hint_and_no_run(tiny_llama, data_file, tmp_path):
+    recipe = write_recipe(tmp_path, tiny_llama, data_file)
+    done = cli("score", "--config", recipe, "--selection_ration", "0.3", "--selection_ratio=0.5", "--lora_rr", "8")
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1] == (
+        "selectit-trl score: error: Unknown option(s): '--selection_ration' (did you mean '--selection_ratio'?), "
+        "'--lora_rr' (did you mean '--lora_r'?). `selectit-trl COMMAND --help` lists them.")
+    assert not (tmp_path / "out").exists()
+
+
+def test_help_version_and_report_help_exit_zero():
+    from importlib.metadata import version
+
+    done = cli("--version")
+    assert done.returncode == 0 and done.stdout.startswith(f"selectit-trl {version('selectit-trl')} (trl {version('trl')}, ")
+    for command in ("score", "train", "probe"):
+        done = cli(command, "--help")
+        assert done.returncode == 0, done.stderr[-2000:]
+        lines = done.stdout.splitlines()
+        assert lines[0] == f"usage: selectit-trl {command} --config RECIPE.yaml [--key value ...] [--num_processes N]"
+        headings = [line for line in lines if line and not line.startswith(" ") and line.endswith(":")]
+        assert headings[0].startswith("selection options") and headings[1].startswith("training, model and data options")
+        first_options = [line.split()[0] for line in lines[lines.index(headings[0]) + 1:] if line.startswith("  --")][:3]
+        assert all(option.startswith("--selection_") for option in first_options)
+    assert "Select as `score` does" in cli("train", "--help").stdout
+    done = cli("report", "--help")
+    assert done.returncode == 0 and done.stdout.startswith("usage: selectit-trl report OUTPUT_DIR\n")
 
 
 def test_missing_local_dataset_is_a_clear_error(tiny_llama, tmp_path):

@@ -109,6 +109,16 @@ def test_two_processes_share_a_teachers_rewrites(tiny_llama, embedded_dir, data,
     assert one[f"rewrite:{embedded_dir}"] == two[f"rewrite:{embedded_dir}"] == len(tokens)  # both processes' texts
 
 
+def test_num_processes_launches_the_command_through_accelerate(tiny_llama, data, tmp_path):
+    """As `trl sft --num_processes 2` does: one command, two processes, the same selection as one process makes."""
+    single, double = tmp_path / "single", tmp_path / "double"
+    run([sys.executable, "-m", "selectit_trl.cli", "score", "--config", str(recipe(tmp_path, tiny_llama, data, single))])
+    run([sys.executable, "-m", "selectit_trl.cli", "score", "--config", str(recipe(tmp_path, tiny_llama, data, double)),
+         "--num_processes", "2"])
+    assert sorted(p.name for p in (double / "selection" / "store").glob("*.jsonl")) == ["rank0.jsonl", "rank1.jsonl"]
+    assert (double / "selection" / "scores.jsonl").read_bytes() == (single / "selection" / "scores.jsonl").read_bytes()
+
+
 TRAIN_AND_REPORT = """
 import gc, json, sys
 from pathlib import Path

@@ -27,7 +27,7 @@ def per_model(value):
 
 
 @pytest.mark.parametrize("ratio", [0.5, 0.25])
-def test_a_store_from_an_earlier_version_resumes_without_measuring(embedded_dir, tmp_path, monkeypatch, ratio):
+def test_a_store_from_an_earlier_version_resumes_without_measuring(embedded_dir, tmp_path, monkeypatch, ratio, caplog):
     monkeypatch.setattr(model_init, "model_fingerprint", legacy.fixed_fingerprint)
     shutil.copytree(FIXTURE / "store", tmp_path / "selection" / "store")
     before = sorted(p.read_bytes() for p in (tmp_path / "selection" / "store").rglob("*.jsonl"))
@@ -36,6 +36,8 @@ def test_a_store_from_an_earlier_version_resumes_without_measuring(embedded_dir,
     result = legacy.trainer_for(tmp_path, embedded_dir).select()
 
     assert result.reused, "every measurement and every rewrite should come from the old store"
+    # Each measure judges only its own records: the others' are not "damaged" to it.
+    assert not [r for r in caplog.records if "damaged" in r.getMessage()]
     assert read_summary(tmp_path)["scored_this_run"] == {}
     # Nothing was appended: the store's files are byte for byte the fixture's.
     assert sorted(p.read_bytes() for p in (tmp_path / "selection" / "store").rglob("*.jsonl")) == before

@@ -147,6 +147,10 @@ def plot_length(files: ScoreFiles, stats: dict, path: Path) -> None:
     figure.savefig(path)
 
 
+# Every plot the report may draw, as files beside report.md.
+PLOT_FILES = ("score_distribution.png", "prompt_agreement.png", "models.png", "length.png")
+
+
 def write_plots(files: ScoreFiles, stats: dict, folder: Path) -> dict[str, Path]:
     """Draw every plot that applies into `folder`; returns them by name."""
     plots = {"score_distribution": plot_scores}

@@ -58,6 +58,9 @@ def report_text(output_dir, files: ScoreFiles, stats: dict, plots: dict[str, Pat
         *[f"| {m['id']} | {m['num_parameters']:,} | {m['weight']:.4f} |" for m in summary.models],
         "",
     ]
+    if summary.selection_from:
+        lines += [f"Selection made by another run: `{summary.selection_from}` (`selection_from`); this run scored "
+                  "nothing.", ""]
     recycling = summary.recycling
     if recycling:
         def listed(counts):
@@ -174,9 +177,20 @@ def write_report(output_dir) -> str:
     return short_summary(files.summary, stats, path, plots)
 
 
+REPORT_USAGE = """usage: selectit-trl report OUTPUT_DIR
+
+Write OUTPUT_DIR/selection/report.md and its plots from the selection's files alone (scores.jsonl,
+summary.json, probe.json), and print a short summary. No model loads: it takes seconds, and can run on another
+machine than the one that scored. docs/report.md explains every section.
+"""
+
+
 def main(argv: list[str]) -> int:
+    if argv in (["-h"], ["--help"]):
+        print(REPORT_USAGE, end="")
+        return 0
     if len(argv) != 1 or argv[0].startswith("-"):
-        print("usage: selectit-trl report OUTPUT_DIR", file=sys.stderr)
+        print(REPORT_USAGE.splitlines()[0], file=sys.stderr)
         return 2
     print(write_report(argv[0]), end="")
     return 0

@@ -105,7 +105,9 @@ def read_store(
     """
 
     def valid(record) -> bool:
-        return _addressed(record) and (whole is None or whole(record))
+        # Other measures' records, and records not wanted, are not this measure's to judge.
+        return _addressed(record) and (
+            whole is None or (wanted is not None and (record["model"], record["tokens"]) not in wanted) or whole(record))
 
     folder = store_dir(output_dir)
     found: dict[tuple[str, str], dict] = {}

@@ -1,6 +1,6 @@
-"""The selection's files under `OUTPUT_DIR/selection/`: `scores.jsonl` and `summary.json`.
+"""The selection's files under `OUTPUT_DIR/selection/`: `scores.jsonl`, `summary.json` and `subset.jsonl`.
 
-Both are written to a temporary file and renamed into place, so a crash leaves either the previous complete
+Each is written to a temporary file and renamed into place, so a crash leaves either the previous complete
 file or the new complete file, never half of one.
 """
 
@@ -20,6 +20,7 @@ logger = logging.getLogger(__name__)
 
 SCORES_FILE = "scores.jsonl"
 SUMMARY_FILE = "summary.json"
+SUBSET_FILE = "subset.jsonl"
 
 
 def selection_dir(output_dir: str | os.PathLike) -> Path:
@@ -82,11 +83,28 @@ def write_selection(output_dir, records: Iterable[dict], summary: dict) -> Path:
     """Write the per-sample records and the summary. The summary goes last: its presence marks a finished selection."""
     folder = selection_dir(output_dir)
     summary_path = folder / SUMMARY_FILE
-    if summary_path.exists():
-        summary_path.unlink()  # a scores file without its summary is never taken for a finished selection
+    for stale in (summary_path, folder / SUBSET_FILE):
+        if stale.exists():  # a scores file without its summary is never taken for a finished selection
+            stale.unlink()
     _atomic_write(folder / SCORES_FILE, (json.dumps(r, ensure_ascii=False) + "\n" for r in records))
     write_json(summary_path, summary)
     return folder
+
+
+def write_subset(output_dir, rows: Iterable[dict]) -> Path | None:
+    """Write the kept rows exactly as the user gave them, every column, in dataset order: one JSON object a line.
+
+    Returns None, with a warning, when a row holds a value JSON cannot carry (an image, raw bytes): the file
+    would not be the user's rows, so there is none.
+    """
+    path = selection_dir(output_dir) / SUBSET_FILE
+    try:
+        _atomic_write(path, (json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+    except TypeError as error:
+        logger.warning("No %s: a kept row holds a value JSON cannot carry (%s). The kept rows are the rows marked "
+                       "selected in %s.", SUBSET_FILE, error, SCORES_FILE)
+        return None
+    return path
 
 
 def read_summary(output_dir) -> dict | None:

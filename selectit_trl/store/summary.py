@@ -23,8 +23,9 @@ def _nothing_listed() -> dict:
     return {"count": 0, "indices": []}
 
 
-# Keys written only when set: the clusters with selection_diversity, the teacher's versions with recycling.
-_OPTIONAL = ("clusters", "recycling")
+# Keys written only when set: the clusters with selection_diversity, the teacher's versions with recycling, the
+# source of a reused selection.
+_OPTIONAL = ("clusters", "recycling", "selection_from")
 
 
 @dataclass(kw_only=True)
@@ -54,6 +55,7 @@ class Summary:
     examples: dict[str, Any] = field(default_factory=dict)
     clusters: int | None = None
     recycling: dict[str, Any] | None = None
+    selection_from: str | None = None  # the output_dir whose selection this run reused (`selection_from`)
 
     def to_json(self) -> dict[str, Any]:
         values = {f.name: getattr(self, f.name) for f in fields(self)}

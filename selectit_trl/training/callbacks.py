@@ -4,14 +4,28 @@ checkpoint, and the selection's statistics for every `report_to` logger."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 
 from transformers import TrainerCallback
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
 from .card import selection_metrics
 
+logger = logging.getLogger(__name__)
+
 CHECKPOINT_SELECTION_FILE = "selection.json"
+
+
+def subset_in_checkpoint(resume_from_checkpoint, output_dir) -> str | None:
+    """The subset hash recorded in the checkpoint being resumed (`True`: the last one in `output_dir`), if any."""
+    checkpoint = get_last_checkpoint(output_dir) if resume_from_checkpoint is True else resume_from_checkpoint
+    marker = os.path.join(str(checkpoint), CHECKPOINT_SELECTION_FILE) if checkpoint else None
+    if marker and os.path.isfile(marker):
+        with open(marker, encoding="utf-8") as handle:
+            return json.load(handle)["selected_indices_sha256"]
+    logger.warning("The checkpoint records no selection; resuming on the stored selection as it stands.")
+    return None
 
 
 class RecordSelectionInCheckpoints(TrainerCallback):

@@ -37,8 +37,8 @@ def selection_metrics(summary: Summary) -> dict[str, float]:
     return metrics
 
 
-def card_section(summary: Summary) -> str:
-    """The model card's "Data selection" section, in Markdown."""
+def card_section(summary: Summary, about: str = "model") -> str:
+    """The "Data selection" section, in Markdown: of a model card, or (`about="dataset"`) of an exported subset's."""
     settings = summary.selection_config
     counts = summary.counts
     probe = summary.probe
@@ -64,19 +64,21 @@ def card_section(summary: Summary) -> str:
         kept = summary.recycling["kept_versions"]
         rows.append(("Recycled by a teacher", f"{summary.recycling['teacher']}; kept rows: "
                      + ", ".join(f"{n:,} {version}" for version, n in kept.items())))
+    if summary.selection_from:
+        rows.append(("Selection made by another run", f"`{summary.selection_from}`"))
     rows += [
         ("Signal probe AUROC", f"{probe['auroc']['combined']:.3f} on {probe['pairs']} clean against {probe['pairs']} "
                                "mismatched pairs (0.5 is chance)" if probe else "not run"),
         ("Kept indices (sha256)", f"`{summary.selected_indices_sha256}`"),
     ]
     models = [f"| {m['id']} | {m['num_parameters']:,} | {m['weight']:.4f} |" for m in summary.models]
+    subject = "This model was tuned on a subset of its training data" if about == "model" else "These rows were"
     return "\n".join([
         SECTION_TITLE,
         "",
-        "This model was tuned on a subset of its training data chosen by the model itself: it rated every row with "
-        "several rating prompts, and the rows rated highest and most consistently were kept." if label == "SelectIT" else
-        f"This model was tuned on a subset of its training data chosen by {label} (see docs/strategies.md of "
-        "selectit-trl).",
+        f"{subject} chosen by the model being tuned itself: it rated every row with several rating prompts, and the "
+        "rows rated highest and most consistently were kept." if label == "SelectIT" else
+        f"{subject} chosen by {label} (see docs/strategies.md of selectit-trl).",
         "",
         "| Setting | Value |",
         "|---|---|",
@@ -86,9 +88,8 @@ def card_section(summary: Summary) -> str:
         "|---|---:|---:|",
         *models,
         "",
-        "The scores of every row are in `selection/scores.jsonl` and the settings in `selection/summary.json`; "
-        "`selectit-trl report` summarises them.",
-        "",
+        *(["The scores of every row are in `selection/scores.jsonl` and the settings in `selection/summary.json`; "
+           "`selectit-trl report` summarises them.", ""] if about == "model" else []),
     ])
 
 

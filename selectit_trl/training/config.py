@@ -178,6 +178,17 @@ class SelectiveSFTConfig(SFTConfig):
         default=None,
         metadata={"help": "Row format of the dataset; detected from its columns when unset.", "choices": [None, *FORMATS]},
     )
+    selection_dataset_name: str | None = field(
+        default=None,
+        metadata={"help": "The training data's name, for the records: a Hub id becomes the model card's `datasets:` "
+                  "and the source of `selectit-trl export`. The CLI sets it from dataset_name."},
+    )
+    selection_from: str | None = field(
+        default=None,
+        metadata={"help": "The output_dir of an earlier selection on the same dataset: train on the rows it kept, with "
+                  "no scoring. Any model may train on them (select with a small model, train a large one). A dataset "
+                  "that differs from the one it scored is refused."},
+    )
     selection_probe: bool = field(
         default=True,
         metadata={

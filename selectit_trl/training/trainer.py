@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import json
 import logging
-import os
 from pathlib import Path
 
 from datasets import Dataset, DatasetDict, IterableDataset, IterableDatasetDict
@@ -16,7 +14,6 @@ from transformers import (
     TrainingArguments,
 )
 from transformers.integrations import is_deepspeed_zero3_enabled
-from transformers.trainer_utils import get_last_checkpoint
 from trl import SFTTrainer
 
 from .. import strategies
@@ -39,8 +36,9 @@ from ..selection.pipeline import SelectionResult, run_selection
 from ..selection.plan import rating_prompts
 from ..selection.probing import run_probe
 from ..selection.recycling import RECYCLABLE_FORMATS
+from ..selection.reuse import check_same_dataset, read_source, reuse_selection
 from ..store import outputs
-from .callbacks import CHECKPOINT_SELECTION_FILE, LogSelection, RecordSelectionInCheckpoints
+from .callbacks import LogSelection, RecordSelectionInCheckpoints, subset_in_checkpoint
 from .card import write_card_section
 from .config import SelectiveSFTConfig
 from .model_init import check_quantized_model_has_adapters, four_bit_compute, load_dtype, peer_rater, tuned_rater
@@ -239,6 +237,9 @@ class SelectiveSFTTrainer(SFTTrainer):
 
     def _check_selection_inputs(self, args: SelectiveSFTConfig, tokenizer) -> None:
         """Everything about the selection that can be wrong, checked before the model is loaded."""
+        if args.selection_from:  # nothing is scored: the dataset must be the one that was
+            check_same_dataset(args.selection_from, read_source(args.selection_from)[0], self.rating_samples)
+            return
         if "ratings" in strategies.needed_measurements(strategies.parse_strategy(args.selection_strategy)):
             unscaled = prompts_without_scale(rating_prompts(args), args.selection_score_max)
             if unscaled:
@@ -318,34 +319,31 @@ class SelectiveSFTTrainer(SFTTrainer):
                    "train with ZeRO-3: the stored probabilities are reused and no forward pass runs.")
         # A resumed run's missing scores are its own error (StoredSelectionMismatch), ZeRO-3 or not.
         with self._measuring("selection", None if resuming else instead):
-            self.selection_result = run_selection(
-                self.rating_samples,
-                self._raters(),
-                self.args,
-                context,
-                expected_indices_sha256=expected_indices_sha256,
-                dataset_format=self.dataset_format,
-                # selection_overwrite scores again once: a trainer's later selections reuse what its first one made.
-                overwrite=self.args.selection_overwrite and self.selection_result is None,
-                teacher=peer_rater(self.args, self.model, teacher) if (teacher := self.args.teacher_spec()) else None,
-            )
+            if self.args.selection_from:
+                self.selection_result = reuse_selection(self.args.selection_from, self.rating_samples, context,
+                                                        expected_indices_sha256)
+            else:
+                self.selection_result = run_selection(
+                    self.rating_samples, self._raters(), self.args, context,
+                    expected_indices_sha256=expected_indices_sha256, dataset_format=self.dataset_format,
+                    # selection_overwrite scores again once: a trainer's later selections reuse its first one's.
+                    overwrite=self.args.selection_overwrite and self.selection_result is None,
+                    teacher=peer_rater(self.args, self.model, teacher) if (teacher := self.args.teacher_spec()) else None,
+                )
+            if context.is_main:  # the kept rows as the user gave them: selection/subset.jsonl
+                outputs.write_subset(self.args.output_dir, self._kept_user_rows(self.selection_result.kept_indices))
         context.barrier()  # the files are written before any process goes on
         result = self.selection_result
         logger.info("%s kept %d of %d samples (%s).", result.summary.label, len(result.selected_indices),
                     len(self.rating_samples), result.path)
         return result
 
-    def _checkpoint_subset(self, resume_from_checkpoint) -> str | None:
-        """The subset hash recorded in the checkpoint being resumed, if it has one."""
-        checkpoint = resume_from_checkpoint
-        if checkpoint is True:
-            checkpoint = get_last_checkpoint(self.args.output_dir)
-        marker = os.path.join(str(checkpoint), CHECKPOINT_SELECTION_FILE) if checkpoint else None
-        if marker and os.path.isfile(marker):
-            with open(marker, encoding="utf-8") as handle:
-                return json.load(handle)["selected_indices_sha256"]
-        logger.warning("The checkpoint records no selection; resuming on the stored selection as it stands.")
-        return None
+    def _kept_user_rows(self, kept: list[int]) -> Dataset | IterableDataset:
+        """The kept rows as the user gave them, in dataset order: for an iterable dataset, a second pass that checks
+        each kept row against the one that was rated."""
+        if isinstance(self._user_rows, Dataset):
+            return self._user_rows.select(kept)
+        return kept_rows(self._user_rows, kept, self._row_fingerprints)
 
     def train(self, resume_from_checkpoint: str | bool | None = None, trial=None, **kwargs):
         """Select (or reuse the stored selection), then train on the kept rows.
@@ -354,15 +352,10 @@ class SelectiveSFTTrainer(SFTTrainer):
         they select must be the one recorded in the checkpoint, so training continues on the rows it started on.
         """
         resuming = bool(resume_from_checkpoint)
-        expected = self._checkpoint_subset(resume_from_checkpoint) if resuming else None
+        expected = subset_in_checkpoint(resume_from_checkpoint, self.args.output_dir) if resuming else None
         result = self._select(resuming=resuming, expected_indices_sha256=expected)
         kept = result.kept_indices
-        if isinstance(self._selection_pool, Dataset):
-            subset = self._selection_pool.select(kept)
-        else:
-            # The filter reads the user's own rows, as they were fingerprinted; any conversion follows it.
-            subset = training_view.training_dataset(kept_rows(self._user_rows, kept, self._row_fingerprints),
-                                              *self._training_shape)
+        subset = training_view.training_dataset(self._kept_user_rows(kept), *self._training_shape)
         if result.recycled:
             # Rows that took a teacher's rewrite train on it, in the shape their format trains in.
             conversational = bool(getattr(self.processing_class, "chat_template", None))
