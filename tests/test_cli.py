@@ -281,6 +281,15 @@ def test_the_quickstart_recipe_itself_runs(tmp_path):
     assert (out / "selection" / "report.md").read_text().startswith("# Selection report")
     assert (out / "selection" / "score_distribution.png").is_file()
     assert summary["probe"]["pairs"] == 64 and "Signal probe AUROC" in done.stdout
+    # The card names the embedded model by its Hub id, and the data (a local file) nowhere in its metadata.
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(out / "README.md")
+    meta = card.data.to_dict()
+    assert meta["base_model"] == "HuggingFaceTB/SmolLM2-135M-Instruct" and "datasets" not in meta
+    assert {"qlora", "lora", "base_model:adapter:HuggingFaceTB/SmolLM2-135M-Instruct"} <= set(meta["tags"])
+    assert not [tag for tag in meta["tags"] if "/" in tag and not tag.endswith("HuggingFaceTB/SmolLM2-135M-Instruct")]
+    assert "A LoRA adapter (QLoRA: the base model in 4-bit NF4) fine-tuned from [HuggingFaceTB/SmolLM2-135M-Instruct]" in card.text
 
 
 def test_a_malformed_row_stops_the_run_in_one_line(tiny_llama, demo_rows, tmp_path):

@@ -10,8 +10,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from selectit_trl import SelectiveSFTTrainer
 from selectit_trl.store.outputs import read_summary
-from selectit_trl.store.summary import Summary
-from selectit_trl.training.card import SECTION_TITLE, write_card_section
+from selectit_trl.training.card import SECTION_TITLE
 
 
 def _rows(n):
@@ -78,17 +77,21 @@ def test_model_card_gets_a_data_selection_section_matching_the_summary(trained):
     assert "SelectIT" in rows["Method"]
 
 
-def test_card_section_replaces_itself_and_keeps_the_rest(tmp_path, trained):
-    summary = Summary.from_json(trained[1])
-    readme = tmp_path / "README.md"
-    readme.write_text("# My model\n\nIntro.\n\n## Data selection\n\nstale\n\n## Training\n\nDetails.\n")
-    write_card_section(readme, summary)
-    write_card_section(readme, summary)
-    text = readme.read_text()
-    assert text.count(SECTION_TITLE) == 1 and "stale" not in text
-    assert text.startswith("# My model\n\nIntro.\n\n## Data selection\n")
-    assert text.endswith("## Training\n\nDetails.\n")
-    fresh = tmp_path / "new" / "README.md"
-    fresh.parent.mkdir()
-    write_card_section(fresh, summary)
-    assert fresh.read_text().startswith(SECTION_TITLE)
+def test_the_model_card_is_a_real_card_with_the_selection_near_the_top(trained):
+    """PEFT's template is replaced: Hub metadata, what was trained on what, and no placeholder left."""
+    from huggingface_hub import ModelCard
+
+    output_dir, summary, _ = trained
+    card = ModelCard.load(output_dir / "README.md")
+    meta = card.data.to_dict()
+    assert meta["library_name"] == "peft" and meta["pipeline_tag"] == "text-generation"
+    assert "base_model" not in meta  # a local model has no Hub id, and a path would not be valid there
+    assert {"lora", "selectit-trl", "data-selection", "trl", "sft"} <= set(meta["tags"])
+    assert "[More Information Needed]" not in card.text and "Model Card for Model ID" not in card.text
+    headings = [line for line in card.text.splitlines() if line.startswith("#")]
+    assert headings[:4] == [f"# {output_dir.name}", SECTION_TITLE, "## Training", "## Use"]
+    rows = _card_rows(card.text)
+    assert rows["Fine-tuning"] == "LoRA, r = 4, α = 8, dropout 0.0, on q_proj, v_proj"
+    assert rows["Steps"] == "2 (max_steps 2)" and rows["Batch"] == "2 per device × 1 accumulation × 1 process(es)"
+    first = card.text.split(SECTION_TITLE)[0]
+    assert f"on {summary['counts']['selected']} of the {summary['counts']['total']} rows of its training data" in first

@@ -38,7 +38,8 @@ def test_selection_from_trains_another_model_on_exactly_that_subset(first_run, t
     monkeypatch.setattr("selectit_trl.measures.ratings.iter_score_batches", forbid)
     monkeypatch.setattr("selectit_trl.measures.difficulty.iter_loss_batches", forbid)
     out = tmp_path / "large"
-    trainer = SelectiveSFTTrainer(model=other, args=cpu_config(out, selection_from=str(small)), train_dataset=dataset)
+    args = cpu_config(out, selection_from=str(small), selection_dataset_name="tatsu-lab/alpaca")
+    trainer = SelectiveSFTTrainer(model=other, args=args, train_dataset=dataset)
     trainer.train()
     trainer.save_model()
     first, second = read_summary(small), read_summary(out)
@@ -53,6 +54,11 @@ def test_selection_from_trains_another_model_on_exactly_that_subset(first_run, t
         assert dataset[i]["output"] in text
     assert (out / "selection" / "subset.jsonl").read_bytes() == (small / "selection" / "subset.jsonl").read_bytes()
     card = (out / "README.md").read_text(encoding="utf-8")
+    from huggingface_hub import ModelCard
+
+    meta = ModelCard.load(out / "README.md").data.to_dict()
+    assert meta["datasets"] == ["tatsu-lab/alpaca"] and meta["library_name"] == "transformers"
+    assert "A model fine-tuned from a local model" in card and "Fine-tuning | full fine-tuning" in card
     assert f"| Selection made by another run | `{small.resolve()}` |" in card
     write_report(out)
     assert f"Selection made by another run: `{small.resolve()}`" in (out / "selection" / "report.md").read_text()

@@ -239,7 +239,9 @@ def rating_sample(row: dict, fmt: str, index: int, text_field: str = "text", tok
         extra = row.get("input")
         if extra not in (None, ""):
             # The released scripts join the input under the instruction with one newline.
-            instruction = instruction + "\n" + _require_text(extra, "input", index)
+            given = _require_text(extra, "input", index)
+            return RatingSample(instruction + "\n" + given, _require_text(row.get("output"), "output", index),
+                                parts=(instruction, given))
         return RatingSample(instruction, _require_text(row.get("output"), "output", index))
     if fmt in ("messages", "sharegpt"):
         messages = row["messages"] if fmt == "messages" else sharegpt_messages(row["conversations"], index)

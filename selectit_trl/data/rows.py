@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
@@ -17,6 +17,9 @@ class RatingSample:
 
     instruction: str | None
     response: str
+    # An Alpaca row's instruction and input as given, before they were joined into `instruction`: the released
+    # scripts' prompts put them in separate places (`engine/released.py`). Not part of what the sample is.
+    parts: tuple[str, str] | None = field(default=None, compare=False, repr=False)
 
     @property
     def is_text(self) -> bool:

@@ -36,9 +36,14 @@ class TargetRequests(NamedTuple):
 
     contexts: tuple[np.ndarray, ...]  # C arrays of int token ids, each non-empty
     target: np.ndarray  # int token ids whose mean loss is measured, non-empty
+    # Each context's own target, where they differ: the released scripts cut each text to its own limit.
+    targets: tuple[np.ndarray, ...] | None = None
+
+    def target_of(self, c: int) -> np.ndarray:
+        return self.target if self.targets is None else self.targets[c]
 
     def sequence(self, c: int) -> np.ndarray:
-        return np.concatenate([self.contexts[c], self.target])
+        return np.concatenate([self.contexts[c], self.target_of(c)])
 
 
 @torch.no_grad()
@@ -86,13 +91,13 @@ def iter_loss_batches(
     if not requests:
         return
     count = len(requests[0].contexts)
-    lengths = [max(len(c) for c in r.contexts) + len(r.target) for r in requests]
+    lengths = [max(len(r.sequence(c)) for c in range(count)) for r in requests]
     check_fits(model, lengths)
     widths = [bucket_width(length) for length in lengths]
-    sample_tokens = [sum(len(c) for c in r.contexts) + count * len(r.target) for r in requests]
+    sample_tokens = [sum(len(r.sequence(c)) for c in range(count)) for r in requests]
 
     def run(batch: list[int], width: int) -> np.ndarray:
-        rows = [(requests[i].contexts[c], requests[i].target) for i in batch for c in range(count)]
+        rows = [(requests[i].contexts[c], requests[i].target_of(c)) for i in batch for c in range(count)]
         return target_losses(model, rows, pad_id, width).reshape(len(batch), count)
 
     yield from run_batches(

@@ -96,6 +96,8 @@ class Plan:
             ratings=measured["ratings"].values_by_model if "ratings" in measured else None,
             losses={kind: result.values_by_model[tuned] for kind, result in measured.items() if kind != "ratings"},
             tokenizer=self.raters[0].tokenizer, model_weights=self.model_weights, config=self.config,
+            left_out={kind: result.truncated for kind, result in measured.items()
+                      if kind != "ratings" and self.config.selection_ifd_layout == "released"},
         )
         # The API's promise: .instruction is a string, "" for a row rated as a whole text.
         rows = [s if s.instruction is not None else RatingSample("", s.response) for s in samples]

@@ -40,6 +40,8 @@ class Measurements:
         tokenizer: the tokenizer of the model being tuned.
         model_weights: model id -> its share of a multi-model score (SelectIT's model level).
         config: the run's `SelectiveSFTConfig` (seed, `selection_*` settings).
+        left_out: "ifd" / "rifd" -> [N] bool: with `selection_ifd_layout: released`, the rows the released scripts
+            leave out (over their token limits), which IFD and r-IFD never keep.
     """
 
     ratings: dict[str, np.ndarray] | None = None
@@ -47,6 +49,7 @@ class Measurements:
     tokenizer: Any = None
     model_weights: dict[str, float] = field(default_factory=dict)
     config: Any = None
+    left_out: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 class Strategy:

@@ -28,6 +28,12 @@ def rifd(losses: np.ndarray) -> np.ndarray:
     return np.exp(losses[:, 0] - losses[:, 1])
 
 
+def _without_left_out(values: np.ndarray, measurements: Measurements, kind: str) -> np.ndarray:
+    """NaN for the rows the released layout leaves out, which are then never kept (`_Ratio.barred`)."""
+    left_out = measurements.left_out.get(kind)
+    return values if left_out is None else np.where(left_out, np.nan, values)
+
+
 class _Ratio(Strategy):
     """A ratio of two losses where above 1 means the pair is misaligned: never kept (NaN neither)."""
 
@@ -42,7 +48,7 @@ class InstructionFollowingDifficulty(_Ratio):
     needs = ("ifd",)
 
     def values(self, samples, measurements: Measurements) -> np.ndarray:
-        return ifd(measurements.losses["ifd"])
+        return _without_left_out(ifd(measurements.losses["ifd"]), measurements, "ifd")
 
 
 @register_strategy("rifd")
@@ -50,7 +56,7 @@ class ReverseInstructionFollowingDifficulty(_Ratio):
     needs = ("rifd",)
 
     def values(self, samples, measurements: Measurements) -> np.ndarray:
-        return rifd(measurements.losses["rifd"])
+        return _without_left_out(rifd(measurements.losses["rifd"]), measurements, "rifd")
 
     def ranking(self, values: np.ndarray) -> np.ndarray:
         return 1.0 / values

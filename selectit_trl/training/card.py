@@ -1,12 +1,10 @@
-"""What a training run records of its selection: metrics for `report_to`, and a section of the model card.
+"""What a training run records of its selection: metrics for `report_to`, and the "Data selection" section of the
+model card (`model_card.py`) and of an exported dataset's card (`reporting/export.py`).
 
 Both are read from `summary.json` alone, so the numbers a tracker or a card shows are the selection's own.
 """
 
 from __future__ import annotations
-
-import re
-from pathlib import Path
 
 from ..store.summary import Summary
 
@@ -91,16 +89,3 @@ def card_section(summary: Summary, about: str = "model") -> str:
         *(["The scores of every row are in `selection/scores.jsonl` and the settings in `selection/summary.json`; "
            "`selectit-trl report` summarises them.", ""] if about == "model" else []),
     ])
-
-
-def write_card_section(readme: Path, summary: Summary) -> None:
-    """Put the section into a model card, replacing the one written before; create the card if there is none."""
-    section = card_section(summary)
-    text = readme.read_text(encoding="utf-8") if readme.is_file() else ""
-    # Up to the next heading of the same or a higher level, or the end.
-    pattern = re.compile(rf"^{re.escape(SECTION_TITLE)}\n.*?(?=^#{{1,2}} |\Z)", re.MULTILINE | re.DOTALL)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section + "\n", text, count=1)
-    else:
-        text = (text.rstrip("\n") + "\n\n" if text.strip() else "") + section
-    readme.write_text(text, encoding="utf-8")

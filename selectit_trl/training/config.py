@@ -12,6 +12,7 @@ from ..data.formats import FORMATS
 from ..engine import hardware
 from ..engine.peers import PeerSpec, parse_peer
 from ..engine.prompts import LAYOUTS
+from ..engine.released import IFD_LAYOUTS
 from ..errors import SelectionConfigError
 from ..selection.diversity import DIVERSITY_MODES
 from ..strategies import parse_strategy
@@ -111,6 +112,15 @@ class SelectiveSFTConfig(SFTConfig):
             "help": "'sample_first' (fast: the sample, then a rating request) or 'prompt_first' (the released "
             "scripts' layout, byte for byte).",
             "choices": list(LAYOUTS),
+        },
+    )
+    selection_ifd_layout: str = field(
+        default="model",
+        metadata={
+            "help": "How IFD and reverse IFD render a row: 'model' (the tuned model's chat template, as it will be "
+            "trained) or 'released' (Cherry LLM's Alpaca prompt and 512-token limits for IFD, Reflection-Tuning's "
+            "Vicuna prompt for reverse IFD: their released numbers, row for row).",
+            "choices": list(IFD_LAYOUTS),
         },
     )
     selection_prompts: list[str] | None = field(
@@ -222,6 +232,7 @@ class SelectiveSFTConfig(SFTConfig):
             (self.selection_alpha >= 0, "selection_alpha must be >= 0"),
             (self.selection_normalization in NORMALIZATIONS, f"selection_normalization must be one of {NORMALIZATIONS}"),
             (self.selection_prompt_layout in LAYOUTS, f"selection_prompt_layout must be one of {LAYOUTS}"),
+            (self.selection_ifd_layout in IFD_LAYOUTS, f"selection_ifd_layout must be one of {IFD_LAYOUTS}"),
             (self.selection_max_batch_tokens is None or self.selection_max_batch_tokens >= 1,
              "selection_max_batch_tokens must be >= 1"),
             (self.selection_probe_size >= 2, "selection_probe_size must be >= 2"),

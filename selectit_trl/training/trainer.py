@@ -39,8 +39,8 @@ from ..selection.recycling import RECYCLABLE_FORMATS
 from ..selection.reuse import check_same_dataset, read_source, reuse_selection
 from ..store import outputs
 from .callbacks import LogSelection, RecordSelectionInCheckpoints, subset_in_checkpoint
-from .card import write_card_section
 from .config import SelectiveSFTConfig
+from .model_card import EMBEDDED_HUB_ID, TrainingFacts, hub_id, training_facts, write_model_card
 from .model_init import check_quantized_model_has_adapters, four_bit_compute, load_dtype, peer_rater, tuned_rater
 from .streams import fingerprinting, is_shuffled, kept_rows, row_fingerprint
 
@@ -370,22 +370,21 @@ class SelectiveSFTTrainer(SFTTrainer):
         return super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial, **kwargs)
 
     def create_model_card(self, model_name=None, dataset_name=None, tags=None):
-        """TRL's model card, with a "Data selection" section."""
+        """TRL's card, rewritten as selectit-trl's (its tags kept): what was trained, on which selection."""
         super().create_model_card(model_name=model_name, dataset_name=dataset_name, tags=tags)
         if self.is_world_process_zero() and self.selection_result is not None:
-            write_card_section(Path(self.args.output_dir) / "README.md", self.selection_result.summary)
+            write_model_card(Path(self.args.output_dir), self.selection_result.summary, self._card_facts())
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False):
-        """Save as `Trainer.save_model` does, then add the "Data selection" section to the model card there."""
+        """Save as `Trainer.save_model` does, then write the model card there (over PEFT's template)."""
         super().save_model(output_dir, _internal_call=_internal_call)
         if not self.is_world_process_zero() or self.selection_result is None:
             return
         folder = Path(output_dir or self.args.output_dir)
-        readme = folder / "README.md"
-        if not readme.is_file():
-            if _internal_call:
-                return  # a checkpoint of a full model: it has no card, and TRL writes one into output_dir
-            if folder.resolve() == Path(self.args.output_dir).resolve():
-                # A full model (no adapter) gets no card from save_pretrained: start from TRL's.
-                self.create_model_card(model_name=folder.name)
-        write_card_section(readme, self.selection_result.summary)
+        if _internal_call and not (folder / "README.md").is_file():
+            return  # a checkpoint of a full model: it has no card, and TRL writes one into output_dir
+        write_model_card(folder, self.selection_result.summary, self._card_facts())
+
+    def _card_facts(self) -> TrainingFacts:
+        base = EMBEDDED_HUB_ID if self.selection_model_id == EMBEDDED_MODEL_ID else hub_id(self._model_source)
+        return training_facts(self.model, self.args, base, self.state.global_step)
