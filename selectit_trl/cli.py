@@ -231,15 +231,8 @@ def build_trainer(script_args, training_args, model_args, data_args=None, scorin
 
 def version_line() -> str:
     """selectit-trl's version, and the versions of what it runs on, as a bug report wants them."""
-    from importlib.metadata import PackageNotFoundError, version
-
     from . import __version__
-
-    def installed(name: str) -> str:
-        try:
-            return version(name)
-        except PackageNotFoundError:
-            return "not installed"
+    from .training.model_card import installed
 
     others = ", ".join(f"{name} {installed(name)}" for name in ("trl", "transformers", "peft", "torch"))
     return f"selectit-trl {__version__} ({others})"

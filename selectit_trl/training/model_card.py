@@ -36,13 +36,15 @@ class TrainingFacts:
     dataset: str | None = None  # the data's name (`selection_dataset_name`)
 
 
-def _versions() -> str:
-    def installed(name: str) -> str:
-        try:
-            return version(name)
-        except PackageNotFoundError:
-            return "not installed"
+def installed(name: str) -> str:
+    """A distribution's installed version, or "not installed"."""
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return "not installed"
 
+
+def _versions() -> str:
     return ", ".join(f"{label} {installed(name)}" for label, name in (
         ("selectit-trl", "selectit-trl"), ("TRL", "trl"), ("Transformers", "transformers"), ("PEFT", "peft"),
         ("PyTorch", "torch"), ("Datasets", "datasets")))
