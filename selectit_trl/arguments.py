@@ -20,7 +20,7 @@ DESCRIPTIONS = {
     "train": (
         "Select as `score` does (or reuse its stored scores), then train on the kept rows with TRL's SFTTrainer: "
         "LoRA or QLoRA with use_peft, packing, completion-only loss, checkpoints and report_to as in `trl sft`. "
-        "The model card in OUTPUT_DIR gains a Data selection section."
+        "The model card in OUTPUT_DIR says what was trained on which rows, and how they were chosen."
     ),
     "probe": (
         "Check that the selection can tell good pairs from bad before a long run: score clean rows against "

@@ -140,7 +140,7 @@ def training_facts(model, args, base_model: str | None, steps: int) -> TrainingF
         "Learning rate": f"{args.learning_rate:g}, {scheduler} schedule",
         "Batch": f"{args.per_device_train_batch_size} per device × {args.gradient_accumulation_steps} accumulation × "
                  f"{args.world_size} process(es)",
-        "Max length": f"{args.max_length} tokens" + (", packed" if args.packing else ""),
+        "Max length": (f"{args.max_length} tokens" if args.max_length else "untruncated") + (", packed" if args.packing else ""),
         "Seed": str(args.seed),
     }
     return TrainingFacts(base_model, adapter, quantized, settings, args.selection_dataset_name)
