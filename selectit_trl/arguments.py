@@ -22,6 +22,12 @@ DESCRIPTIONS = {
         "LoRA or QLoRA with use_peft, packing, completion-only loss, checkpoints and report_to as in `trl sft`. "
         "The model card in OUTPUT_DIR says what was trained on which rows, and how they were chosen."
     ),
+    "compare": (
+        "Compare selection strategies by the models they train: each strategy in compare_strategies selects from the "
+        "same pool (sharing the score store), each subset trains a LoRA adapter for the same max_steps once per seed, "
+        "and each adapter is evaluated on eval_dataset_name. Writes OUTPUT_DIR/compare/: results.json, report.md "
+        "and the adapters. A rerun trains only what is missing."
+    ),
     "probe": (
         "Check that the selection can tell good pairs from bad before a long run: score clean rows against "
         "mismatched ones (each instruction with another row's response) and print the AUROC of the configured "
@@ -40,8 +46,13 @@ def command_parser(command: str | None = None):
     from .data.loading import DataArguments
     from .training.config import SelectiveSFTConfig
 
+    types = (ScriptArguments, SelectiveSFTConfig, ModelConfig, DataArguments)
+    if command == "compare":
+        from .evaluation.compare import CompareArguments
+
+        types += (CompareArguments,)
     parser = TrlParser(
-        (ScriptArguments, SelectiveSFTConfig, ModelConfig, DataArguments),
+        types,
         prog=f"selectit-trl {command}" if command else "selectit-trl",
         # argparse's own usage line would list all ~400 options.
         usage=f"selectit-trl {command or 'COMMAND'} --config RECIPE.yaml [--key value ...] [--num_processes N]",
@@ -98,13 +109,14 @@ def _hints(unknown: list[str], known: list[str], strip: int) -> str:
     return ", ".join(hints)
 
 
-def parse_args(argv: list[str], launch: list[str] | None = None):
-    """Recipe plus flags -> (script_args, training_args, model_args, data_args), with a hint for misspelt keys.
+def parse_args(argv: list[str], launch: list[str] | None = None, command: str | None = None):
+    """Recipe plus flags -> (script_args, training_args, model_args, data_args), with a hint for misspelt keys;
+    `compare` adds its own arguments at the end.
 
     Launch options (`LAUNCH_OPTIONS`), from the recipe or the flags, are added to `launch` when it is given.
     """
     argv = ["--selection_overwrite" if arg == "--overwrite" else arg for arg in argv]
-    parser = command_parser(None)
+    parser = command_parser(command if command == "compare" else None)
     *parsed, from_recipe, from_flags = parser.parse_args_and_config(
         argv, return_remaining_strings=True, separate_remaining_strings=True
     )

@@ -17,21 +17,25 @@ import sys
 from .arguments import LAUNCHED_ENV, command_parser, launch_processes, parse_args
 from .errors import PeerProcessFailed, SelectITError
 
-USAGE = """usage: selectit-trl {score,train,probe,report,export} ...   (selectit-trl COMMAND --help for its options)
+USAGE = """usage: selectit-trl {score,train,probe,report,export,compare} ...   (selectit-trl COMMAND --help for its options)
 
   selectit-trl score --config RECIPE.yaml [--key value ...]   rate the training data, write OUTPUT_DIR/selection/
   selectit-trl train --config RECIPE.yaml [--key value ...]   select (or reuse the selection), then train
   selectit-trl probe --config RECIPE.yaml [--key value ...]   check that the scorer tells good pairs from bad (AUROC)
   selectit-trl report OUTPUT_DIR                               report and plots of a finished selection
   selectit-trl export OUTPUT_DIR --to DIR [--push_to_hub ID]   the kept rows as a dataset, with its card
+  selectit-trl compare --config RECIPE.yaml --eval_dataset_name HELD_OUT   strategies compared by what they train
   selectit-trl --version
 
 score, train and probe run in several processes with --num_processes N (and --accelerate_config NAME_OR_FILE),
 through accelerate, as `trl sft` does.
 """
 
-def build_trainer(script_args, training_args, model_args, data_args=None, scoring_only: bool = False):
+def build_trainer(script_args, training_args, model_args, data_args=None, scoring_only: bool = False,
+                  eval_dataset=None):
     """The trainer exactly as a recipe describes it: model, quantisation, LoRA and data.
+
+    `eval_dataset` replaces the recipe's test split (`compare`'s held-out set).
 
     With `scoring_only` (`score`, `probe`), a quantized model without `use_peft` gets the default LoRA adapter:
     transformers refuses a quantized model without adapters in any Trainer, and scoring runs with adapters off,
@@ -71,7 +75,7 @@ def build_trainer(script_args, training_args, model_args, data_args=None, scorin
         model=model_args.model_name_or_path,
         args=training_args,
         train_dataset=train,
-        eval_dataset=held_out,
+        eval_dataset=eval_dataset if eval_dataset is not None else held_out,
         quantization_config=quantization,
         peft_config=get_peft_config(model_args) or (get_peft_config(dataclasses.replace(model_args, use_peft=True))
                                                      if scoring_only and quantized else None),
@@ -123,10 +127,17 @@ def run(command: str, argv: list[str], state: dict | None = None) -> int:
         command_parser(command).print_help()
         return 0
     launch: list[str] = []
-    script_args, training_args, model_args, data_args = parse_args(argv, launch)
+    parsed = parse_args(argv, launch, command)
+    script_args, training_args, model_args, data_args = parsed[:4]
     if launch and not os.environ.get(LAUNCHED_ENV):
         return launch_processes(command, argv, launch)
     _show_progress_messages()
+    if command == "compare":  # one process: it runs a selection and several trainings in turn
+        from .evaluation.compare import run_compare
+
+        folder = run_compare(*parsed)
+        print(f"Comparison: {folder / 'report.md'}")
+        return 0
     if state is not None:
         state["output_dir"] = training_args.output_dir  # where the processes of a launch leave failure notes
     trainer = build_trainer(script_args, training_args, model_args, data_args, scoring_only=command != "train")
@@ -222,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
         print(version_line())
         return 0
     command, rest = argv[0], argv[1:]
-    if command not in ("score", "train", "probe", "report", "export"):
+    if command not in ("score", "train", "probe", "report", "export", "compare"):
         print(f"selectit-trl: unknown command {command!r}.\n\n{USAGE}", end="", file=sys.stderr)
         return 2
     signal.signal(signal.SIGTERM, _raise_terminated)
