@@ -55,7 +55,8 @@ def command_parser(command: str | None = None):
         types,
         prog=f"selectit-trl {command}" if command else "selectit-trl",
         # argparse's own usage line would list all ~400 options.
-        usage=f"selectit-trl {command or 'COMMAND'} --config RECIPE.yaml [--key value ...] [--num_processes N]",
+        usage=f"selectit-trl {command or 'COMMAND'} --config RECIPE.yaml [--key value ...]"
+              + (" --eval_dataset_name HELD_OUT" if command == "compare" else " [--num_processes N]"),
         description=DESCRIPTIONS.get(command),
         epilog="Launch options: --num_processes N, --accelerate_config NAME_OR_FILE (a file, or one of TRL's named "
                "configs such as zero2), --main_process_port PORT. Recipe keys may be given as flags: --key value.",

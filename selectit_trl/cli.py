@@ -15,7 +15,7 @@ import signal
 import sys
 
 from .arguments import LAUNCHED_ENV, command_parser, launch_processes, parse_args
-from .errors import PeerProcessFailed, SelectITError
+from .errors import PeerProcessFailed, SelectionConfigError, SelectITError
 
 USAGE = """usage: selectit-trl {score,train,probe,report,export,compare} ...   (selectit-trl COMMAND --help for its options)
 
@@ -129,6 +129,8 @@ def run(command: str, argv: list[str], state: dict | None = None) -> int:
     launch: list[str] = []
     parsed = parse_args(argv, launch, command)
     script_args, training_args, model_args, data_args = parsed[:4]
+    if launch and command == "compare":
+        raise SelectionConfigError("compare runs in one process: leave out --num_processes and --accelerate_config.")
     if launch and not os.environ.get(LAUNCHED_ENV):
         return launch_processes(command, argv, launch)
     _show_progress_messages()
