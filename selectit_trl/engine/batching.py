@@ -33,7 +33,6 @@ def default_max_batch_tokens(model) -> int:
     return DEFAULT_MAX_BATCH_TOKENS.get(input_device(model).type, DEFAULT_MAX_BATCH_TOKENS["cuda"])
 
 
-
 def bucket_width(width: int) -> int:
     """Round a row width up to one of a fixed set of sizes, 16 per doubling (at most 1/16 more padding).
 
@@ -116,7 +115,6 @@ def left_pad(
         mask[row, width - len(seq) :] = 1
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     return ids.to(device), mask.to(device), positions.to(device)
-
 
 
 def check_fits(model, lengths: Sequence[int]) -> None:

@@ -45,6 +45,10 @@ class TargetRequests(NamedTuple):
     def sequence(self, c: int) -> np.ndarray:
         return np.concatenate([self.contexts[c], self.target_of(c)])
 
+    def width(self, c: int) -> int:
+        """Tokens the model reads after context c: len(sequence(c)), without building it."""
+        return len(self.contexts[c]) + len(self.target_of(c))
+
 
 @torch.no_grad()
 def target_losses(model, rows: Sequence[tuple[np.ndarray, np.ndarray]], pad_id: int, width: int | None = None) -> np.ndarray:
@@ -91,10 +95,10 @@ def iter_loss_batches(
     if not requests:
         return
     count = len(requests[0].contexts)
-    lengths = [max(len(r.sequence(c)) for c in range(count)) for r in requests]
+    lengths = [max(r.width(c) for c in range(count)) for r in requests]
     check_fits(model, lengths)
     widths = [bucket_width(length) for length in lengths]
-    sample_tokens = [sum(len(r.sequence(c)) for c in range(count)) for r in requests]
+    sample_tokens = [sum(r.width(c) for c in range(count)) for r in requests]
 
     def run(batch: list[int], width: int) -> np.ndarray:
         rows = [(requests[i].contexts[c], requests[i].target_of(c)) for i in batch for c in range(count)]

@@ -72,11 +72,6 @@ def read_results(folder: Path) -> dict:
         return json.load(handle)
 
 
-def _free(trainer) -> None:
-    del trainer
-    gc.collect()
-
-
 def _select(strategy: str, script_args, training_args, model_args, data_args, folder: Path) -> Path:
     """The strategy's selection, made in the shared output_dir (and its store), kept in the strategy's folder."""
     from ..cli import build_trainer
@@ -89,7 +84,8 @@ def _select(strategy: str, script_args, training_args, model_args, data_args, fo
     args = dataclasses.replace(training_args, **overrides)
     trainer = build_trainer(script_args, args, model_args, data_args, scoring_only=True)
     trainer.select()
-    _free(trainer)
+    del trainer  # its model, before the next strategy loads one
+    gc.collect()
     made = outputs.selection_dir(training_args.output_dir)
     (target / "selection").mkdir(parents=True, exist_ok=True)
     for name in (outputs.SCORES_FILE, outputs.SUBSET_FILE, outputs.SUMMARY_FILE):  # the summary last: it marks done
@@ -120,7 +116,8 @@ def _train(strategy: str, seed: int, selection: Path, held_out, script_args, tra
         "seconds": time.perf_counter() - started,
         "adapter": str(run_dir),
     }
-    _free(trainer)
+    del trainer  # its model and adapter, before the next run loads them
+    gc.collect()
     return result
 
 

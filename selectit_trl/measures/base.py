@@ -101,9 +101,8 @@ class Measure:
         raise NotImplementedError
 
     def value(self, record: dict):
-        """The value a stored record holds, or None when it holds none of this measure's shape."""
-        if not self.whole(record):
-            return None
+        """The value of a record that passed `whole` (`ledger.read_store` keeps no other), or None when it is not
+        of this measure's shape."""
         value = np.asarray(record[self.field], dtype=np.float64)
         return value if value.shape == self.shape else None
 

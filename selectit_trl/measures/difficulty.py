@@ -42,7 +42,7 @@ class Difficulty(Measure):
         if self.released:
             requests, left_out = released_requests(samples, rater.tokenizer, self.kind)
             # The released limits are within any model's context this project scores with; a row over it is left out.
-            over = [bool(rater.max_positions) and max(len(r.sequence(c)) for c in range(2)) > rater.max_positions
+            over = [bool(rater.max_positions) and max(r.width(c) for c in range(2)) > rater.max_positions
                     for r in requests]
             return requests, [a or b for a, b in zip(left_out, over)]
         requests = build_target_requests(samples, rater.tokenizer, self.kind, self.config.selection_use_chat_template)

@@ -76,7 +76,7 @@ class TeacherRewrites(Measure):
         return isinstance(record.get("text"), str)
 
     def value(self, record: dict):
-        return record["text"] if self.whole(record) else None
+        return record["text"]
 
     def stack(self, values: list) -> np.ndarray:
         return np.array(values, dtype=object)

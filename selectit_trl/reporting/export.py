@@ -15,17 +15,13 @@ from ..errors import HubUnreachable, SelectionFilesError
 from ..store import outputs
 from ..store.summary import Summary
 from ..training.card import card_section
+from ..training.model_card import hub_id
 from .plots import PLOT_FILES
 
 DATA_FILE = "data/train.jsonl"
 FIGURES_DIR = "figures"
 # What an export folder holds, and so what exporting again may replace.
 _OURS = ("README.md", "data", FIGURES_DIR)
-
-
-def is_hub_id(name: str | None) -> bool:
-    """Whether a dataset name reads as a Hub id ("owner/name" or "name"), not a local path."""
-    return bool(name) and not Path(name).exists() and not name.startswith((".", "/", "~")) and name.count("/") <= 1
 
 
 def dataset_card(summary: Summary, figures: list[str], name: str, location: str) -> str:
@@ -38,7 +34,7 @@ def dataset_card(summary: Summary, figures: list[str], name: str, location: str)
         pretty_name=name,
         tags=["selectit-trl", "data-selection", *summary.strategy],
         task_categories=["text-generation"],
-        source_datasets=[source] if is_hub_id(source) else None,
+        source_datasets=[source] if hub_id(source) else None,
         configs=[{"config_name": "default", "data_files": [{"split": "train", "path": DATA_FILE}]}],
     )
     share = 100 * counts["selected"] / max(counts["total"], 1)

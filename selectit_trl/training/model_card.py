@@ -19,10 +19,10 @@ TAGS = ("selectit-trl", "data-selection", "trl", "sft")
 
 
 def hub_id(name: str | None) -> str | None:
-    """`name` when it reads as a Hub id ("owner/name"), not a local path or a bare folder name."""
+    """`name` when it reads as a Hub id ("owner/name", or a bare "name"), not a local path."""
     if not name or Path(name).expanduser().exists() or name.startswith((".", "/", "~")):
         return None
-    return name if name.count("/") == 1 else None
+    return name if name.count("/") <= 1 else None
 
 
 @dataclass

@@ -355,7 +355,10 @@ class SelectiveSFTTrainer(SFTTrainer):
         expected = subset_in_checkpoint(resume_from_checkpoint, self.args.output_dir) if resuming else None
         result = self._select(resuming=resuming, expected_indices_sha256=expected)
         kept = result.kept_indices
-        subset = training_view.training_dataset(self._kept_user_rows(kept), *self._training_shape)
+        if isinstance(self._selection_pool, Dataset):
+            subset = self._selection_pool.select(kept)  # converted once, at construction
+        else:  # an iterable pool converts as it streams: filter the user's rows, then convert the kept ones
+            subset = training_view.training_dataset(self._kept_user_rows(kept), *self._training_shape)
         if result.recycled:
             # Rows that took a teacher's rewrite train on it, in the shape their format trains in.
             conversational = bool(getattr(self.processing_class, "chat_template", None))
