@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from doc_section import replace_section
 from scipy.stats import spearmanr
 
 REPO = Path(__file__).resolve().parents[1]
@@ -135,13 +136,6 @@ def markdown(results: dict, meta: dict) -> str:
     return "\n".join(lines)
 
 
-def write_doc(text: str) -> None:
-    doc = DOC.read_text(encoding="utf-8")
-    head, rest = doc.split(START, 1)
-    _, tail = rest.split(END, 1)
-    DOC.write_text(f"{head}{START}\n{text}\n{END}{tail}", encoding="utf-8")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=999)
@@ -175,7 +169,7 @@ def main() -> None:
     text = markdown(results, meta)
     print(text)
     if not options.only:
-        write_doc(text)
+        replace_section(DOC, START, END, text)
 
 
 if __name__ == "__main__":

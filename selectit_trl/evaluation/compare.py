@@ -51,17 +51,37 @@ class CompareArguments:
                   "the training data may have."},
     )
     eval_dataset_split: str = field(default="train", metadata={"help": "The held-out set's split."})
+    lm_eval_tasks: str | None = field(
+        default=None,
+        metadata={"help": "lm-evaluation-harness tasks, comma-separated, each adapter is also evaluated on "
+                  "(pip install 'selectit-trl[eval]'). Offline, use local task files: the repository's "
+                  "lm_eval_tasks/ has mmlu_local, gsm8k_local and bbh_local on ../shared/data."},
+    )
+    lm_eval_include_path: str | None = field(
+        default=None,
+        metadata={"help": "A folder of lm-evaluation-harness task YAMLs, such as the repository's lm_eval_tasks/."})
+    lm_eval_limit: int | None = field(
+        default=None, metadata={"help": "Evaluate only this many examples of each lm_eval task (generation is slow "
+                                "on a CPU)."})
 
 
 def parse_strategies(text: str) -> list[str]:
+    """The entries of `compare_strategies`: a strategy, `all`, or an even mix of strategies joined by '+'."""
     from ..strategies import strategy_names
 
     names = [name.strip() for name in text.split(",") if name.strip()]
-    unknown = [name for name in names if name != ALL and name not in strategy_names()]
+    known = set(strategy_names())
+    unknown = [name for name in names if name != ALL and not set(mix_parts(name)) <= known]
     if not names or unknown or len(set(names)) != len(names):
         raise SelectionConfigError(f"compare_strategies {text!r}: give distinct names among "
-                                   f"{', '.join([*strategy_names(), ALL])}, comma-separated.")
+                                   f"{', '.join([*strategy_names(), ALL])}, or an even mix such as 'selectit+ifd', "
+                                   "comma-separated.")
     return names
+
+
+def mix_parts(entry: str) -> list[str]:
+    """'selectit+ifd' -> ['selectit', 'ifd']; a single strategy is a mix of one."""
+    return [part.strip() for part in entry.split("+")]
 
 
 def read_results(folder: Path) -> dict:
@@ -80,7 +100,7 @@ def _select(strategy: str, script_args, training_args, model_args, data_args, fo
     if (target / "selection" / outputs.SUMMARY_FILE).is_file():
         return target
     overrides = {"selection_strategy": "random", "selection_ratio": 1.0, "selection_max_samples": None,
-                 "selection_probe": False} if strategy == ALL else {"selection_strategy": strategy}
+                 "selection_probe": False} if strategy == ALL else {"selection_strategy": ",".join(mix_parts(strategy))}
     args = dataclasses.replace(training_args, **overrides)
     trainer = build_trainer(script_args, args, model_args, data_args, scoring_only=True)
     trainer.select()
@@ -94,7 +114,7 @@ def _select(strategy: str, script_args, training_args, model_args, data_args, fo
     return target
 
 
-def _train(strategy: str, seed: int, selection: Path, held_out, script_args, training_args, model_args,
+def _train(strategy: str, seed: int, selection: Path, held_out, harness, script_args, training_args, model_args,
            data_args) -> dict:
     """One adapter on the strategy's subset, evaluated on the held-out set."""
     from ..cli import build_trainer
@@ -116,9 +136,20 @@ def _train(strategy: str, seed: int, selection: Path, held_out, script_args, tra
         "seconds": time.perf_counter() - started,
         "adapter": str(run_dir),
     }
+    if harness is not None:
+        result["lm_eval"] = harness(trainer.model, trainer.processing_class, training_args.per_device_eval_batch_size)
+        result["seconds"] = time.perf_counter() - started
     del trainer  # its model and adapter, before the next run loads them
     gc.collect()
     return result
+
+
+def run_metrics(run: dict) -> dict[str, float]:
+    """A run's metrics by name: its losses and time, then each lm_eval task's as 'task metric,filter'."""
+    metrics = {name: run[name] for name in ("eval_loss", "train_loss", "seconds")}
+    for task, values in run.get("lm_eval", {}).items():
+        metrics.update({f"{task} {name}": value for name, value in values.items()})
+    return metrics
 
 
 def summarise(runs: dict, strategies: list[str]) -> dict:
@@ -129,12 +160,28 @@ def summarise(runs: dict, strategies: list[str]) -> dict:
         if not mine:
             continue
         entry = {"seeds": len(mine), "rows_kept": mine[0]["rows_kept"]}
-        for metric in ("eval_loss", "train_loss", "seconds"):
-            values = [r[metric] for r in mine]
+        measured = [run_metrics(r) for r in mine]
+        for metric in measured[0]:
+            values = [m[metric] for m in measured if metric in m]
             mean = sum(values) / len(values)
             entry[metric] = {"mean": mean, "std": math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))}
         table[strategy] = entry
     return table
+
+
+def _harness(compare_args: CompareArguments):
+    """model, tokenizer, batch size -> the lm_eval metrics, or None when no task is asked for. The tasks are
+    checked here, before anything trains."""
+    from .harness import check_tasks, harness_metrics
+
+    tasks = [task.strip() for task in (compare_args.lm_eval_tasks or "").split(",") if task.strip()]
+    if not tasks:
+        return None
+    if compare_args.lm_eval_limit is not None and compare_args.lm_eval_limit < 1:
+        raise SelectionConfigError(f"lm_eval_limit must be >= 1, got {compare_args.lm_eval_limit}.")
+    manager = check_tasks(tasks, compare_args.lm_eval_include_path)
+    return lambda model, tokenizer, batch_size: harness_metrics(model, tokenizer, tasks, manager,
+                                                                compare_args.lm_eval_limit, batch_size)
 
 
 def run_compare(script_args, training_args, model_args, data_args, compare_args: CompareArguments) -> Path:
@@ -152,6 +199,7 @@ def run_compare(script_args, training_args, model_args, data_args, compare_args:
     held_out, _ = load_datasets(dataclasses.replace(script_args, dataset_name=compare_args.eval_dataset_name,
                                                     dataset_config=None,
                                                     dataset_train_split=compare_args.eval_dataset_split))
+    harness = _harness(compare_args)
     folder = Path(training_args.output_dir) / COMPARE_DIR
     results = read_results(folder)
     runs = results["runs"]
@@ -164,7 +212,7 @@ def run_compare(script_args, training_args, model_args, data_args, compare_args:
                 continue
             selection = _select(strategy, script_args, training_args, model_args, data_args, folder)
             for seed in pending:
-                runs[f"{strategy}/seed{seed}"] = _train(strategy, seed, selection, held_out, script_args,
+                runs[f"{strategy}/seed{seed}"] = _train(strategy, seed, selection, held_out, harness, script_args,
                                                         training_args, model_args, data_args)
                 results["strategies"] = summarise(runs, strategies)
                 outputs.write_json(folder / RESULTS_FILE, results)

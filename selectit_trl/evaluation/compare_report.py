@@ -25,6 +25,7 @@ def write_compare_report(folder: Path, results: dict, strategies: list[str]) -> 
         low = min(m - s for m, s in zip(means, spreads))
         axis.set_ylim(bottom=max(0.0, low - 0.05 * abs(low) - 0.01))
     figure.savefig(folder / PLOT_FILE)
+    harness = sorted({metric for s in names for metric in table[s] if " " in metric})  # 'task metric,filter'
     lines = [
         "# Strategy comparison",
         "",
@@ -41,6 +42,21 @@ def write_compare_report(folder: Path, results: dict, strategies: list[str]) -> 
         f"![held-out loss by strategy]({PLOT_FILE})",
         "",
     ]
+    if harness:
+        lines += [
+            "## lm-evaluation-harness",
+            "",
+            "Each task's metric as the harness names it (metric,filter); mean ± standard deviation over the seeds.",
+            "",
+            "| strategy | " + " | ".join(harness) + " |",
+            "|---|" + "---:|" * len(harness),
+            *("| " + s + " | " + " | ".join(_cell(table[s].get(m)) for m in harness) + " |" for s in names),
+            "",
+        ]
     path = folder / "report.md"
     path.write_text("\n".join(lines), encoding="utf-8")
     return path
+
+
+def _cell(value: dict | None) -> str:
+    return "-" if value is None else f"{value['mean']:.4f} ± {value['std']:.4f}"
