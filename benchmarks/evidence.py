@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import random
@@ -195,6 +196,32 @@ selection_prompt_layout: sample_first
 """
 
 
+# The base model's held-out loss, for reference: a trainer built as compare builds them, evaluated before any step
+# (its LoRA adapter starts as the identity). It reads `all`'s selection, so nothing is scored again.
+BASE_EVAL = """
+import dataclasses, json, sys
+from selectit_trl.arguments import parse_args
+from selectit_trl.cli import build_trainer
+from selectit_trl.data.loading import load_datasets
+recipe, held_out, output_dir, selection = sys.argv[1:]
+script, training, model, data = parse_args(["--config", recipe])
+held, _ = load_datasets(dataclasses.replace(script, dataset_name=held_out, dataset_config=None,
+                                            dataset_train_split="train"))
+training = dataclasses.replace(training, output_dir=output_dir, selection_from=selection)
+print(json.dumps(build_trainer(script, training, model, data, eval_dataset=held).evaluate()))
+"""
+
+
+def base_model_loss(recipe: Path, held_out: Path, work: Path, env: dict) -> float:
+    saved = work / "base_eval.json"
+    if not saved.is_file():
+        done = subprocess.run([sys.executable, "-c", BASE_EVAL, str(recipe), str(held_out), str(work / "base"),
+                               str(work / "run" / "compare" / "all")], cwd=REPO, env=env, check=True,
+                              capture_output=True, text=True)
+        saved.write_text(done.stdout.strip().splitlines()[-1] + "\n", encoding="utf-8")
+    return json.loads(saved.read_text(encoding="utf-8"))["eval_loss"]
+
+
 def kept_indices(selection: Path) -> list[int]:
     with open(selection / "scores.jsonl", encoding="utf-8") as handle:
         return [record["index"] for record in map(json.loads, handle) if record["selected"]]
@@ -235,6 +262,7 @@ def markdown(rows: list[dict], meta: dict) -> str:
         "| Scoring s | Training s per seed |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
+    lines.append(f"| untrained (the base model) | - | {meta['base_eval_loss']:.4f} | - | - | - | - |")
     for r in rows:
         kinds = "/".join(str(r["corrupted_kept_by_kind"][k]) for k in KINDS)
         lines.append(
@@ -297,6 +325,7 @@ def main() -> None:
         "corrupted_by_kind": {k: labels.count(k) for k in KINDS},
         "held_out_rows": len(held_out_rows(root, options.held_out_rows)), "max_steps": options.max_steps, "batch": options.batch,
         "max_length": options.max_length, "seeds": options.seeds,
+        "base_eval_loss": base_model_loss(recipe, held_out, work, env) if "all" in strategies else math.nan,
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps({"meta": meta, "results": measured}, indent=1) + "\n", encoding="utf-8")

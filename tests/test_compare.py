@@ -76,6 +76,11 @@ def test_compare_trains_each_subset_evaluates_it_and_resumes(tiny_llama, demo_ro
     assert again.returncode == 0, again.stderr[-3000:]
     assert json.loads((folder / "results.json").read_text())["runs"] == runs
     assert {p: p.stat().st_mtime_ns for p in folder.rglob("adapter_model.safetensors")} == before
+    # Runs made under other settings would not compare with these: a changed recipe is refused, nothing touched.
+    changed = cli(*command, "--max_steps", "3")
+    assert changed.returncode != 0
+    assert "holds runs made with other settings (max_steps 2 -> 3)" in changed.stderr
+    assert json.loads((folder / "results.json").read_text())["runs"] == runs
 
 
 def test_an_unknown_lm_eval_task_is_refused_before_anything_trains(tiny_llama, demo_rows, tmp_path):

@@ -87,7 +87,7 @@ def mix_parts(entry: str) -> list[str]:
 def read_results(folder: Path) -> dict:
     path = folder / RESULTS_FILE
     if not path.is_file():
-        return {"runs": {}}
+        return {"settings": None, "runs": {}}
     with open(path, encoding="utf-8") as handle:
         return json.load(handle)
 
@@ -184,6 +184,41 @@ def _harness(compare_args: CompareArguments):
                                                                 compare_args.lm_eval_limit, batch_size)
 
 
+# What a run's result depends on, besides its strategy and seed: a comparison resumes only under the same.
+_TRAINING_SETTINGS = ("max_steps", "per_device_train_batch_size", "gradient_accumulation_steps", "learning_rate",
+                      "lr_scheduler_type", "warmup_steps", "warmup_ratio", "weight_decay", "max_length",
+                      "completion_only_loss", "assistant_only_loss", "packing")
+_MODEL_SETTINGS = ("model_name_or_path", "model_revision", "dtype", "load_in_4bit", "load_in_8bit", "use_peft",
+                   "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules")
+# Selection settings that change nothing in the kept rows: how fast, how loudly, or which strategy (per entry).
+_RUNTIME_SELECTION = {"selection_strategy", "selection_max_batch_tokens", "selection_compile", "selection_strict",
+                      "selection_overwrite", "selection_from", "selection_probe", "selection_probe_size",
+                      "selection_probe_threshold", "selection_teacher_batch_size", "selection_dataset_name"}
+
+
+def compare_settings(script_args, training_args, model_args, compare_args: CompareArguments) -> dict:
+    """The settings every run of a comparison shares, as JSON values."""
+    settings = {"dataset_name": script_args.dataset_name, "dataset_config": script_args.dataset_config,
+                "eval_dataset_name": compare_args.eval_dataset_name,
+                "eval_dataset_split": compare_args.eval_dataset_split,
+                "lm_eval_tasks": compare_args.lm_eval_tasks, "lm_eval_limit": compare_args.lm_eval_limit}
+    settings.update({name: getattr(training_args, name, None) for name in _TRAINING_SETTINGS})
+    settings.update({name: getattr(model_args, name, None) for name in _MODEL_SETTINGS})
+    settings.update({f.name: getattr(training_args, f.name) for f in dataclasses.fields(training_args)
+                     if f.name.startswith("selection_") and f.name not in _RUNTIME_SELECTION})
+    return json.loads(json.dumps(settings, default=str))
+
+
+def check_same_settings(folder: Path, recorded: dict | None, settings: dict) -> None:
+    """Refuses to add runs to a comparison made under other settings: their results would not compare."""
+    if recorded is None or recorded == settings:
+        return
+    changed = [f"{name} {recorded.get(name)!r} -> {settings.get(name)!r}"
+               for name in sorted(set(recorded) | set(settings)) if recorded.get(name) != settings.get(name)]
+    raise SelectionConfigError(f"{folder} holds runs made with other settings ({'; '.join(changed)}). Give another "
+                               "output_dir, or remove that folder to start the comparison again.")
+
+
 def run_compare(script_args, training_args, model_args, data_args, compare_args: CompareArguments) -> Path:
     """Select, train and evaluate every (strategy, seed) not done yet; returns `OUTPUT_DIR/compare/`."""
     from ..data.loading import load_datasets
@@ -196,12 +231,15 @@ def run_compare(script_args, training_args, model_args, data_args, compare_args:
         raise SelectionConfigError("compare needs eval_dataset_name: the held-out set every adapter is evaluated on.")
     if training_args.max_steps is None or training_args.max_steps <= 0:
         raise SelectionConfigError("compare trains every subset for the same number of optimizer steps: set max_steps.")
+    folder = Path(training_args.output_dir) / COMPARE_DIR
+    results = read_results(folder)
+    settings = compare_settings(script_args, training_args, model_args, compare_args)
+    check_same_settings(folder, results.get("settings"), settings)
+    results["settings"] = settings
     held_out, _ = load_datasets(dataclasses.replace(script_args, dataset_name=compare_args.eval_dataset_name,
                                                     dataset_config=None,
                                                     dataset_train_split=compare_args.eval_dataset_split))
     harness = _harness(compare_args)
-    folder = Path(training_args.output_dir) / COMPARE_DIR
-    results = read_results(folder)
     runs = results["runs"]
     units = [(s, seed) for s in strategies for seed in range(compare_args.seeds)]
     with tqdm(total=len(units), desc="Compare", unit="adapter", disable=training_args.disable_tqdm) as bar:
