@@ -30,7 +30,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import random
 import re
 import statistics
@@ -40,6 +39,8 @@ import time
 from pathlib import Path
 
 from doc_section import replace_section
+
+from selectit_trl.engine.hardware import cpu_kind
 
 REPO = Path(__file__).resolve().parents[1]
 DOC = REPO / "docs" / "evidence.md"
@@ -322,7 +323,7 @@ def main() -> None:
     argv = " ".join(sys.argv[1:])
     meta = {
         "command": f"python benchmarks/evidence.py{' ' + argv if argv else ''}",
-        "machine": f"{os.cpu_count()} CPU cores ({cpu_name()})",
+        "machine": f"{os.cpu_count()} CPU cores ({cpu_kind()})",
         "wall_seconds": wall,
         "pool_rows": len(rows), "corrupted": sum(label != "clean" for label in labels),
         "corrupted_by_kind": {k: labels.count(k) for k in KINDS},
@@ -342,19 +343,6 @@ def previous_wall(work: Path) -> float:
     """The time earlier calls spent."""
     path = work / "wall_seconds"
     return float(path.read_text()) if path.is_file() else 0.0
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                flags = Path("/proc/cpuinfo").read_text()
-                kind = "AMX" if " amx_bf16" in flags else "AVX512-BF16" if " avx512_bf16" in flags else "AVX2, no native bf16"
-                return f"{name}, {kind}"
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 if __name__ == "__main__":

@@ -127,6 +127,8 @@ def _train(strategy: str, seed: int, selection: Path, held_out, harness, script_
     train = trainer.train()
     trainer.save_model()
     metrics = trainer.evaluate()
+    harnessed = {} if harness is None else {
+        "lm_eval": harness(trainer.model, trainer.processing_class, training_args.per_device_eval_batch_size)}
     result = {
         "rows_kept": trainer.selection_result.summary.counts["selected"],
         "subset_sha256": trainer.selection_result.summary.selected_indices_sha256,
@@ -135,10 +137,8 @@ def _train(strategy: str, seed: int, selection: Path, held_out, harness, script_
         "steps": int(trainer.state.global_step),
         "seconds": time.perf_counter() - started,
         "adapter": str(run_dir),
+        **harnessed,
     }
-    if harness is not None:
-        result["lm_eval"] = harness(trainer.model, trainer.processing_class, training_args.per_device_eval_batch_size)
-        result["seconds"] = time.perf_counter() - started
     del trainer  # its model and adapter, before the next run loads them
     gc.collect()
     return result
