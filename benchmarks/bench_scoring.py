@@ -41,6 +41,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -414,7 +415,7 @@ def table(results: dict, peaks: dict, parameters: int) -> str:
             f"| {name} | {r['layout']} | {r['prompts']} | {r['precision']}"
             f"{', ' + r['compute_dtype'] + ' compute' if r['precision'] == '4bit' else ''} | {rate:.2f} | {r['tokens'] / r['median_seconds']:.0f} "
             f"| {speedup:.2f} | {token_bound:.2f} | {bound:.2f} | {speedup / bound:.0%} | {r['peak_rss_mib']:.0f} "
-            f"| {'—' if r.get('peak_gpu_mib') is None else format(r['peak_gpu_mib'], '.0f')} | {mfu:.0%} "
+            f"| {'—' if r.get('peak_gpu_mib') is None else format(r['peak_gpu_mib'], '.0f')} | {'—' if math.isnan(mfu) else format(mfu, '.0%')} "
             f"| {'—' if diff is None else f'{diff:.1e}'} |"
         )
     return "\n".join(lines)
@@ -514,13 +515,18 @@ def main() -> None:
         return
 
     parameters = parameter_count(AutoConfig.from_pretrained(model_path))
-    peaks = {"fp32": matmul_peak(torch.float32, device), "bf16": matmul_peak(torch.bfloat16, device)}
     from selectit_trl.engine import hardware
+
+    # Where bf16 is emulated (an AVX2-only CPU) its peak takes minutes to time and measures nothing useful.
+    native_bf16 = device.startswith("cuda") or hardware.native_cpu_bf16()
+    peaks = {"fp32": matmul_peak(torch.float32, device),
+             "bf16": matmul_peak(torch.bfloat16, device) if native_bf16 else float("nan")}
 
     where = (torch.cuda.get_device_name(device) if device.startswith("cuda")
              else f"{torch.get_num_threads()} threads of a {hardware.cpu_kind()} CPU")
+    bf16_peak = f"{peaks['bf16']:.0f} GFLOP/s" if native_bf16 else "not timed (emulated here)"
     print(f"model {model_path}: {parameters:,} parameters; matmul peak on {where}: fp32 {peaks['fp32']:.0f} GFLOP/s, "
-          f"bf16 {peaks['bf16']:.0f} GFLOP/s", flush=True)
+          f"bf16 {bf16_peak}", flush=True)
     if args.fidelity:
         fidelity(alpaca, args.rows, args.budget, model_path, device)
         return

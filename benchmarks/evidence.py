@@ -88,10 +88,13 @@ def dolly_rows(root: Path) -> list[dict]:
     return rows
 
 
-def pool_rows(root: Path) -> list[dict]:
+def pool_rows(root: Path) -> tuple[list[dict], list[str]]:
+    """The pool's rows, and for each the source of its response: "gpt4" (Alpaca-GPT4) or "human" (Dolly)."""
     alpaca = json.loads((root / "alpaca_subsets" / "llamafactory_alpaca_en_demo.json").read_text(encoding="utf-8"))
-    rows = [{"instruction": r["instruction"], "input": r.get("input", ""), "output": r["output"]} for r in alpaca]
-    return [r for r in rows + dolly_rows(root) if r["instruction"].strip() and r["output"].strip()]
+    rows = [({"instruction": r["instruction"], "input": r.get("input", ""), "output": r["output"]}, "gpt4") for r in alpaca]
+    rows += [(r, "human") for r in dolly_rows(root)]
+    kept = [(r, source) for r, source in rows if r["instruction"].strip() and r["output"].strip()]
+    return [r for r, _ in kept], [source for _, source in kept]
 
 
 def truncate(text: str, draw: random.Random) -> str:
@@ -229,7 +232,7 @@ def kept_indices(selection: Path) -> list[int]:
         return [record["index"] for record in map(json.loads, handle) if record["selected"]]
 
 
-def table(results: dict, labels: list[str], strategies: list[str]) -> list[dict]:
+def table(results: dict, labels: list[str], sources: list[str], strategies: list[str]) -> list[dict]:
     rows = []
     corrupted = sum(label != "clean" for label in labels)
     for strategy in strategies:
@@ -245,6 +248,8 @@ def table(results: dict, labels: list[str], strategies: list[str]) -> list[dict]
             "eval_loss": entry["eval_loss"], "train_loss": entry["train_loss"],
             "corrupted_kept": sum(by_kind.values()), "corrupted_kept_by_kind": by_kind,
             "corrupted_expected_at_random": corrupted * len(kept) / len(labels),
+            # The held-out references are GPT-4's, so GPT-4's own responses lower the loss by their style alone.
+            "clean_gpt4_kept": sum(sources[i] == "gpt4" and labels[i] == "clean" for i in kept),
             "scoring_seconds": summary.get("scoring_seconds") or 0.0,
             # The median over seeds: one run slowed by other work on the machine moves a mean, not a median.
             "training_seconds": statistics.median(r["seconds"] for key, r in results["runs"].items()
@@ -260,19 +265,26 @@ def markdown(rows: list[dict], meta: dict) -> str:
         f"Pool: {meta['pool_rows']} rows, of which {meta['corrupted']} corrupted "
         f"({kinds}). Held out: {meta['held_out_rows']} "
         f"AlpacaEval instructions with GPT-4's outputs. Each adapter: {meta['max_steps']} steps of "
-        f"{meta['batch']} rows, max_length {meta['max_length']}; mean ± std over {meta['seeds']} seeds.",
+        f"{meta['batch']} rows, max_length {meta['max_length']}; mean ± std over {meta['seeds']} seeds. "
+        f"Of the clean rows, {meta['clean_gpt4_rows']} have GPT-4's responses (Alpaca-GPT4) and the rest human ones "
+        "(Dolly).",
         "",
         "| Strategy | Rows kept | Held-out loss | Train loss | Corrupted kept (swapped/truncated/empty/language) "
-        "| Scoring s | Training + evaluation s per seed (median) |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| Clean GPT-4 rows kept | Scoring s | Training + evaluation s per seed (median) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    lines.append(f"| untrained (the base model) | - | {meta['base_eval_loss']:.4f} | - | - | - | - |")
+    lines.append(f"| untrained (the base model) | - | {meta['base_eval_loss']:.4f} | - | - | - | - | - |")
     for r in rows:
         kinds = "/".join(str(r["corrupted_kept_by_kind"][k]) for k in KINDS)
         lines.append(
             f"| {r['strategy']} | {r['rows_kept']} | {r['eval_loss']['mean']:.4f} ± {r['eval_loss']['std']:.4f} "
             f"| {r['train_loss']['mean']:.4f} ± {r['train_loss']['std']:.4f} | {r['corrupted_kept']} ({kinds}) "
-            f"| {r['scoring_seconds']:.0f} | {r['training_seconds']:.0f} |")
+            f"| {r['clean_gpt4_kept']} | {r['scoring_seconds']:.0f} | {r['training_seconds']:.0f} |")
+    subset = next((r for r in rows if r["strategy"] != "all"), None)
+    if subset is not None:
+        kept = subset["rows_kept"]
+        lines += ["", f"At random, {kept} rows hold {subset['corrupted_expected_at_random']:.0f} corrupted rows and "
+                  f"{meta['clean_gpt4_rows'] * kept / meta['pool_rows']:.0f} clean GPT-4 rows on average."]
     return "\n".join(lines)
 
 
@@ -294,9 +306,11 @@ def main() -> None:
     root = data_root()
     work = options.work
     work.mkdir(parents=True, exist_ok=True)
-    rows = pool_rows(root)
+    rows, sources = pool_rows(root)
     if options.pool_rows:
+        # random.sample draws positions from the length alone, so rows and sources are drawn alike.
         rows = random.Random(1).sample(rows, options.pool_rows)
+        sources = random.Random(1).sample(sources, options.pool_rows)
     labels = corrupt(rows, options.corrupt, root, seed=0)
     pool, held_out, recipe = work / "pool.jsonl", work / "held_out.jsonl", work / "recipe.yaml"
     write_jsonl(pool, rows)
@@ -319,14 +333,15 @@ def main() -> None:
     results = json.loads((folder / "results.json").read_text(encoding="utf-8"))
     results["folder"] = str(folder)
     strategies = [s.strip() for s in options.strategies.split(",")]
-    measured = table(results, labels, strategies)
+    measured = table(results, labels, sources, strategies)
     argv = " ".join(sys.argv[1:])
     meta = {
         "command": f"python benchmarks/evidence.py{' ' + argv if argv else ''}",
         "machine": f"{os.cpu_count()} CPU cores ({cpu_kind()})",
         "wall_seconds": wall,
         "pool_rows": len(rows), "corrupted": sum(label != "clean" for label in labels),
-        "corrupted_by_kind": {k: labels.count(k) for k in KINDS},
+        "corrupted_by_kind": {k: labels.count(k) for k in KINDS}, 
+        "clean_gpt4_rows": sum(s == "gpt4" and label == "clean" for s, label in zip(sources, labels)),
         "held_out_rows": len(held_out_rows(root, options.held_out_rows)), "max_steps": options.max_steps, "batch": options.batch,
         "max_length": options.max_length, "seeds": options.seeds,
         "base_eval_loss": base_model_loss(recipe, held_out, work, env) if "all" in strategies else math.nan,
