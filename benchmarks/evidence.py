@@ -232,7 +232,8 @@ def kept_indices(selection: Path) -> list[int]:
         return [record["index"] for record in map(json.loads, handle) if record["selected"]]
 
 
-def table(results: dict, labels: list[str], sources: list[str], strategies: list[str]) -> list[dict]:
+def table(results: dict, labels: list[str], clean_gpt4: list[bool], strategies: list[str]) -> list[dict]:
+    """One row per strategy; `clean_gpt4` marks the pool's undamaged rows whose response is GPT-4's."""
     rows = []
     corrupted = sum(label != "clean" for label in labels)
     for strategy in strategies:
@@ -249,7 +250,8 @@ def table(results: dict, labels: list[str], sources: list[str], strategies: list
             "corrupted_kept": sum(by_kind.values()), "corrupted_kept_by_kind": by_kind,
             "corrupted_expected_at_random": corrupted * len(kept) / len(labels),
             # The held-out references are GPT-4's, so GPT-4's own responses lower the loss by their style alone.
-            "clean_gpt4_kept": sum(sources[i] == "gpt4" and labels[i] == "clean" for i in kept),
+            "clean_gpt4_kept": sum(clean_gpt4[i] for i in kept),
+            "clean_gpt4_expected_at_random": sum(clean_gpt4) * len(kept) / len(labels),
             "scoring_seconds": summary.get("scoring_seconds") or 0.0,
             # The median over seeds: one run slowed by other work on the machine moves a mean, not a median.
             "training_seconds": statistics.median(r["seconds"] for key, r in results["runs"].items()
@@ -284,7 +286,7 @@ def markdown(rows: list[dict], meta: dict) -> str:
     if subset is not None:
         kept = subset["rows_kept"]
         lines += ["", f"At random, {kept} rows hold {subset['corrupted_expected_at_random']:.0f} corrupted rows and "
-                  f"{meta['clean_gpt4_rows'] * kept / meta['pool_rows']:.0f} clean GPT-4 rows on average."]
+                  f"{subset['clean_gpt4_expected_at_random']:.0f} clean GPT-4 rows on average."]
     return "\n".join(lines)
 
 
@@ -308,10 +310,10 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     rows, sources = pool_rows(root)
     if options.pool_rows:
-        # random.sample draws positions from the length alone, so rows and sources are drawn alike.
-        rows = random.Random(1).sample(rows, options.pool_rows)
-        sources = random.Random(1).sample(sources, options.pool_rows)
+        picked = random.Random(1).sample(range(len(rows)), options.pool_rows)
+        rows, sources = [rows[i] for i in picked], [sources[i] for i in picked]
     labels = corrupt(rows, options.corrupt, root, seed=0)
+    clean_gpt4 = [source == "gpt4" and label == "clean" for source, label in zip(sources, labels)]
     pool, held_out, recipe = work / "pool.jsonl", work / "held_out.jsonl", work / "recipe.yaml"
     write_jsonl(pool, rows)
     (work / "labels.json").write_text(json.dumps(labels) + "\n", encoding="utf-8")
@@ -333,15 +335,14 @@ def main() -> None:
     results = json.loads((folder / "results.json").read_text(encoding="utf-8"))
     results["folder"] = str(folder)
     strategies = [s.strip() for s in options.strategies.split(",")]
-    measured = table(results, labels, sources, strategies)
+    measured = table(results, labels, clean_gpt4, strategies)
     argv = " ".join(sys.argv[1:])
     meta = {
         "command": f"python benchmarks/evidence.py{' ' + argv if argv else ''}",
         "machine": f"{os.cpu_count()} CPU cores ({cpu_kind()})",
         "wall_seconds": wall,
         "pool_rows": len(rows), "corrupted": sum(label != "clean" for label in labels),
-        "corrupted_by_kind": {k: labels.count(k) for k in KINDS}, 
-        "clean_gpt4_rows": sum(s == "gpt4" and label == "clean" for s, label in zip(sources, labels)),
+        "corrupted_by_kind": {k: labels.count(k) for k in KINDS}, "clean_gpt4_rows": sum(clean_gpt4),
         "held_out_rows": len(held_out_rows(root, options.held_out_rows)), "max_steps": options.max_steps, "batch": options.batch,
         "max_length": options.max_length, "seeds": options.seeds,
         "base_eval_loss": base_model_loss(recipe, held_out, work, env) if "all" in strategies else math.nan,
