@@ -15,7 +15,8 @@ On the first 200 rows of the Alpaca demo subset, with K = 5, it times:
 Every configuration runs in a fresh process (so its peak RSS is its own), times tokenisation and scoring
 together, and repeats; medians are reported. The matmul peak of each dtype is measured here too, for the model
 FLOP utilisation. Each path is also compared with our unbatched path (one whole sequence per forward pass) of
-the same layout and dtype.
+the same layout and dtype. On a shared machine whose speed drifts, `--rounds N --repeats 1` runs the
+configurations in turn N times and also reports each round's ratio to (a), taken minutes apart.
 
     python benchmarks/bench_scoring.py                    # everything, ~1 hour on a 2-core CPU
     python benchmarks/bench_scoring.py --only sf default  # some configurations
@@ -464,6 +465,10 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", choices=list(CONFIGS), help="configurations to run (default: all)")
     parser.add_argument("--rows", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="run the configurations in turn this many times, --repeats each, in fresh processes: "
+                        "slow drift of a shared machine then falls on every configuration alike, and each round "
+                        "gives its own ratio to (a)")
     parser.add_argument("--reference-rows", type=int, default=50, help="rows compared with the unbatched path")
     parser.add_argument("--memory-rows", type=int, default=2000, help="rows of the memory check (0 skips it)")
     parser.add_argument("--memory-only", action="store_true", help="run only the memory check")
@@ -534,15 +539,30 @@ def main() -> None:
     if names and "released" not in names:
         names = ["released", *names]
     results = {}
-    for name in names:
-        # (a) is itself the unbatched prompt_first fp32 path (one whole sequence per pass), so (a) and (b) are
-        # compared with each other below instead of running it a second time.
-        reference_rows = 0 if name in ("released", "pf") else args.reference_rows
-        results[name] = child(name, args.rows, args.repeats, args.budget, alpaca, reference_rows, name, model_path, device)
-        r = results[name]
-        print(f"{name}: median {r['median_seconds']:.1f} s over {r['repeats']}, {r['tokens']} tokens, "
-              f"peak RSS {r['peak_rss_mib']:.0f} MiB, diff {r['max_difference_from_unbatched']}, first run "
-              f"{r['warmup_seconds']:.1f} s on {r['warmup_rows']} rows", flush=True)
+    round_medians: dict[str, list[float]] = {name: [] for name in names}
+    for round_index in range(args.rounds):
+        for name in names:
+            # (a) is itself the unbatched prompt_first fp32 path (one whole sequence per pass), so (a) and (b) are
+            # compared with each other below instead of running it a second time. Later rounds only time.
+            reference_rows = 0 if name in ("released", "pf") or round_index else args.reference_rows
+            r = child(name, args.rows, args.repeats, args.budget, alpaca, reference_rows, name, model_path, device)
+            round_medians[name].append(r["median_seconds"])
+            if name in results:  # the first round's result holds the checks; later rounds add their times
+                results[name]["seconds"] += r["seconds"]
+                r = results[name]
+                r["median_seconds"], r["repeats"] = statistics.median(r["seconds"]), len(r["seconds"])
+            results[name] = r
+            print(f"{name} (round {round_index + 1} of {args.rounds}): median {r['median_seconds']:.1f} s over "
+                  f"{r['repeats']}, {r['tokens']} tokens, peak RSS {r['peak_rss_mib']:.0f} MiB, diff "
+                  f"{r['max_difference_from_unbatched']}, first run {r['warmup_seconds']:.1f} s on {r['warmup_rows']} rows",
+                  flush=True)
+    if args.rounds > 1:
+        # Paired ratios: each round's (a) against the same round's configuration, run minutes apart.
+        for name, medians in round_medians.items():
+            ratios = [a / s for a, s in zip(round_medians["released"], medians)]
+            results[name]["ratio_to_released_per_round"] = ratios
+            print(f"{name}: × (a) per round {', '.join(f'{x:.2f}' for x in ratios)}; median {statistics.median(ratios):.2f}",
+                  flush=True)
 
     comparisons = {}
     saved = {name: np.load(RESULTS / f"{name}.npy") for name in results}
