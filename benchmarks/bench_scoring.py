@@ -57,6 +57,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
+# What makes an AMX machine run as an AVX2-only one (docs/benchmarks.md): ATen's kernels, oneDNN's, and MKL's.
+EMULATION = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
 WHOLE_PROMPTS = REPO / "benchmarks" / "whole_prompts.txt"
 RESULTS = REPO / "benchmarks" / "results"
 K = 5
@@ -212,10 +214,12 @@ def released_probs(model, tokenizer, samples, lines, token_ids) -> tuple[np.ndar
 
 def processed_tokens(requests, shared: bool) -> int:
     """Real tokens a path runs through the model (padding not counted)."""
+    from selectit_trl.engine.preamble import common_leading_tokens
     from selectit_trl.engine.scoring import packed_width
 
     if shared:
-        return sum(packed_width(r) for r in requests)
+        # The leading tokens all prefixes share run once, as the preamble (engine/preamble.py).
+        return sum(packed_width(r) for r in requests) - common_leading_tokens([r.prefix for r in requests]) * (len(requests) - 1)
     return sum(len(r.prefix) + len(s) for r in requests for s in r.suffixes)
 
 
@@ -600,7 +604,9 @@ def main() -> None:
             print(f"memory check, {rows} rows: median peak RSS {m['peak_rss_mib']:.0f} MiB (runs: "
                   f"{', '.join(f'{p:.0f}' for p in m['peaks_mib'])}), median growth during scoring {m['growth_mib']:.0f} MiB, "
                   f"{m['seconds']:.0f} s", flush=True)
+    emulation = {k: os.environ[k] for k in EMULATION if k in os.environ}
     report = {"peaks_gflops": peaks, "threads": torch.get_num_threads(), "parameters": parameters, "cpu": hardware.cpu_kind(),
+              "emulation": emulation,
               "model": args.random_model or "embedded", "device": where,
               "results": results, "comparisons": comparisons, "memory": memory}
     # A memory-only run keeps the full run's results file.

@@ -12,6 +12,7 @@ from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
 
 from selectit_trl.engine import scoring
 from selectit_trl.engine.batching import bucket_width, plan_batches, share_batches
+from selectit_trl.engine.preamble import common_leading_tokens
 from selectit_trl.engine.prompts import (
     RatingPrompts,
     RatingSample,
@@ -100,9 +101,14 @@ def test_batch_shapes_come_from_the_buckets_not_from_the_number_of_samples(tiny_
     budget = 4096
     score_requests(model, requests, score_token_ids(tokenizer, 5), tokenizer.pad_token_id,
                    max_batch_tokens=budget, progress=False, share_prefix=share_prefix)
-    shapes = shapes[2:] if share_prefix else shapes  # the first two passes check sharing against whole rows
+    preamble = common_leading_tokens([r.prefix for r in requests]) if share_prefix else 0
+    if share_prefix:
+        # The preamble runs once, alone; then two passes check sharing against whole rows.
+        assert preamble > 0 and shapes[0] == (1, preamble)
+        shapes = shapes[3:]
     rows_per_sample = 1 if share_prefix else 2
-    exact = {packed_width(r) if share_prefix else len(r.prefix) + max(map(len, r.suffixes)) for r in requests}
+    exact = {packed_width(r.without_leading(preamble)) if share_prefix else len(r.prefix) + max(map(len, r.suffixes))
+             for r in requests}
     buckets = {bucket_width(w) for w in exact}
     assert sum(rows for rows, _ in shapes) == 60 * rows_per_sample
     assert {width for _, width in shapes} <= buckets
@@ -149,7 +155,7 @@ def test_prefix_sharing_that_disagrees_falls_back_to_whole_rows(model, tokenizer
     ids, pad = score_token_ids(tokenizer, 5), tokenizer.pad_token_id
     expected = unbatched(model, requests, ids, pad)
     # A model that ignored the block mask would give different numbers from whole rows; stand in for one.
-    monkeypatch.setattr(scoring, "shared_prefix_probs", lambda m, r, i, p, width=None: np.full((len(r), 2, 5), 0.5))
+    monkeypatch.setattr(scoring, "shared_prefix_probs", lambda m, r, i, p, width=None, preamble=None: np.full((len(r), 2, 5), 0.5))
     with caplog.at_level(logging.WARNING, logger="selectit_trl.engine.scoring"):
         got = score_requests(model, requests, ids, pad, progress=False)
     assert "disagree" in caplog.text

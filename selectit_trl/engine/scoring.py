@@ -9,7 +9,9 @@ Two ways to run a batch give the same numbers:
 * **Shared prefix** (when samples have a prefix): one row per sample, holding the prefix once and then the K
   suffixes side by side, under a block attention mask. Each suffix sees the prefix and itself, never the
   other suffixes, and its position ids continue from the end of the prefix, so it is computed exactly as if
-  it followed the prefix alone. The prefix is computed once instead of K times.
+  it followed the prefix alone. The prefix is computed once instead of K times. The leading tokens that all
+  the samples' prefixes share (a chat template's system message, the rating preamble) are computed once for
+  the whole call and attended as a cache (`preamble.py`).
 * **Whole rows**: K left-padded rows per sample, each `prefix + suffix_k` (the `prompt_first` layout, and
   models whose attention cannot take a custom mask).
 
@@ -30,6 +32,7 @@ import torch
 
 from ..progress import ScoringProgress
 from .batching import PlanBook, bucket_width, check_fits, default_max_batch_tokens, input_device, left_pad, run_batches
+from .preamble import Preamble, common_leading_tokens, run_preamble
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +65,10 @@ class SampleRequests(NamedTuple):
 
     def sequence(self, k: int) -> np.ndarray:
         return np.concatenate([self.prefix, self.suffixes[k]])
+
+    def without_leading(self, tokens: int) -> SampleRequests:
+        """The same requests with the first `tokens` of the prefix left out (they come from a `Preamble`)."""
+        return SampleRequests(self.prefix[tokens:], self.suffixes)
 
 
 def _read_probs(logits: torch.Tensor, token_ids: Sequence[int]) -> np.ndarray:
@@ -102,12 +109,13 @@ def packed_width(request: SampleRequests) -> int:
     return len(request.prefix) + sum(len(s) for s in request.suffixes)
 
 
-def _packed_inputs(requests: Sequence[SampleRequests], pad_id: int, dtype, device, width=None):
+def _packed_inputs(requests: Sequence[SampleRequests], pad_id: int, dtype, device, width=None, preamble: int = 0):
     """Input ids, 4D block mask, position ids and read positions of a shared-prefix batch.
 
     Row layout: [pad.. prefix | pad.. suffix_1 | pad.. suffix_2 | ...]. Each block is right-aligned to a width
     common to the batch, so the last token of suffix k sits at the same column in every row, and the LM head
-    runs on those K columns only.
+    runs on those K columns only. With a `preamble` of that many cached tokens before every row, positions start
+    after it and the mask gains its columns on the left, which every query attends.
     """
     prefix_width, suffix_widths = _packed_layout(requests, width)
     width = prefix_width + sum(suffix_widths)
@@ -120,13 +128,13 @@ def _packed_inputs(requests: Sequence[SampleRequests], pad_id: int, dtype, devic
         n = len(request.prefix)
         ids[row, prefix_width - n : prefix_width] = request.prefix
         block[row, prefix_width - n : prefix_width] = -1
-        positions[row, prefix_width - n : prefix_width] = np.arange(n)
+        positions[row, prefix_width - n : prefix_width] = preamble + np.arange(n)
         for k, suffix in enumerate(request.suffixes):
             end = ends[k] + 1
             ids[row, end - len(suffix) : end] = suffix
             block[row, end - len(suffix) : end] = k
             # Positions go on from the end of this row's prefix, as if the suffix followed it alone.
-            positions[row, end - len(suffix) : end] = n + np.arange(len(suffix))
+            positions[row, end - len(suffix) : end] = preamble + n + np.arange(len(suffix))
     block_t = torch.from_numpy(block)
     query, key = block_t[:, :, None], block_t[:, None, :]
     causal = torch.ones(width, width, dtype=torch.bool).tril()
@@ -134,9 +142,11 @@ def _packed_inputs(requests: Sequence[SampleRequests], pad_id: int, dtype, devic
     # Padding attends to itself: a row with nothing to attend to would come out as NaN in some kernels, and a
     # NaN value is not cancelled by a zero weight further on.
     allowed |= torch.eye(width, dtype=torch.bool)
+    allowed = torch.cat([torch.ones(len(requests), width, preamble, dtype=torch.bool), allowed], dim=-1)
     # Additive, in the weights' dtype: eager attention adds it to the scores, and SDPA would otherwise convert a
     # boolean mask to this form in every layer (a float mask made its CPU kernel 17% faster in bf16).
-    mask = torch.zeros((len(requests), 1, width, width), dtype=dtype).masked_fill(~allowed[:, None], torch.finfo(dtype).min)
+    mask = torch.zeros((len(requests), 1, width, preamble + width), dtype=dtype).masked_fill(
+        ~allowed[:, None], torch.finfo(dtype).min)
     return (
         torch.from_numpy(ids).to(device),
         mask.to(device),
@@ -147,12 +157,18 @@ def _packed_inputs(requests: Sequence[SampleRequests], pad_id: int, dtype, devic
 
 @torch.no_grad()
 def shared_prefix_probs(
-    model, requests: Sequence[SampleRequests], token_ids: Sequence[int], pad_id: int, width: int | None = None
+    model, requests: Sequence[SampleRequests], token_ids: Sequence[int], pad_id: int, width: int | None = None,
+    preamble: Preamble | None = None,
 ) -> np.ndarray:
-    """Shared prefix: one forward pass, one packed row per sample (padded to `width`), probabilities [n, K, S]."""
+    """Shared prefix: one forward pass, one packed row per sample (padded to `width`), probabilities [n, K, S].
+
+    With a `preamble`, each request's prefix is what follows the preamble's tokens.
+    """
     dtype = next(p for p in model.parameters() if p.is_floating_point()).dtype
-    input_ids, mask, position_ids, ends = _packed_inputs(requests, pad_id, dtype=dtype, device=input_device(model), width=width)
-    output = model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids, logits_to_keep=ends, use_cache=False)
+    input_ids, mask, position_ids, ends = _packed_inputs(requests, pad_id, dtype=dtype, device=input_device(model),
+                                                         width=width, preamble=len(preamble) if preamble else 0)
+    cached = preamble.forward_arguments(len(requests)) if preamble else {"use_cache": False}
+    output = model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids, logits_to_keep=ends, **cached)
     return _read_probs(output.logits, token_ids)
 
 
@@ -161,13 +177,16 @@ def can_share_prefixes(model) -> bool:
     return getattr(model.config, "_attn_implementation", None) in _MASKABLE_ATTENTION
 
 
-def _prefix_sharing_agrees(model, request: SampleRequests, token_ids, pad_id) -> tuple[bool, float]:
+def _prefix_sharing_agrees(model, request: SampleRequests, token_ids, pad_id,
+                           preamble: Preamble | None = None) -> tuple[bool, float]:
     """Compare prefix sharing with whole (padded) rows on one sample before trusting it for a whole dataset.
 
-    A model whose code ignores a custom attention mask would otherwise give wrong scores without an error.
-    Low-precision kernels differ from each other by rounding, so the tolerance follows the weights' dtype.
+    A model whose code ignores a custom attention mask (or a cache of past keys, for the preamble) would
+    otherwise give wrong scores without an error. Low-precision kernels differ from each other by rounding, so
+    the tolerance follows the weights' dtype.
     """
-    shared = shared_prefix_probs(model, [request], token_ids, pad_id)[0]
+    cut = len(preamble) if preamble else 0
+    shared = shared_prefix_probs(model, [request.without_leading(cut)], token_ids, pad_id, preamble=preamble)[0]
     whole = last_token_probs(model, [request.sequence(k) for k in range(len(request.suffixes))], token_ids, pad_id)
     difference = float(np.abs(shared - whole).max())
     full_precision = getattr(model, "dtype", None) == torch.float32 and getattr(model.config, "quantization_config", None) is None
@@ -223,25 +242,36 @@ def iter_score_batches(
             model.config._attn_implementation,
         )
         shared = False
+    preamble = None
     if shared:
+        # Computed from every sample of the call, stored or not, so that a resumed run cuts its rows where the
+        # first run did.
+        preamble = run_preamble(model, requests[0].prefix[: common_leading_tokens([r.prefix for r in requests])])
         # On the shortest sample, which costs least to run twice.
         shortest = min(range(len(requests)), key=lambda i: packed_width(requests[i]))
-        agrees, difference = _prefix_sharing_agrees(model, requests[shortest], token_ids, pad_id)
+        agrees, difference = _prefix_sharing_agrees(model, requests[shortest], token_ids, pad_id, preamble)
+        if not agrees and preamble is not None:
+            # A model may take the block mask but not a cache of past keys: share prefixes without the preamble.
+            logger.info("Scoring with the preamble cached disagrees with whole rows by %.3g; leaving it out.", difference)
+            preamble = None
+            agrees, difference = _prefix_sharing_agrees(model, requests[shortest], token_ids, pad_id)
         if not agrees:
             logger.warning(
                 "Prefix sharing and whole rows disagree by %.3g on the first sample with this model; scoring with "
                 "whole rows instead (slower, same numbers as the released procedure's layout).",
                 difference,
             )
-            shared = False
+            shared, preamble = False, None
+    packed = [r.without_leading(len(preamble)) for r in requests] if preamble else requests
     # Batches are planned and padded on bucketed widths, so that the number of batch shapes stays small.
-    widths = [bucket_width(packed_width(r) if shared else w) for r, w in zip(requests, whole_widths)]
-    # Tokens the model reads per sample (unpadded): the prefix once when it is shared, K times otherwise.
-    sample_tokens = [len(r.prefix) * (1 if shared else k) + sum(len(s) for s in r.suffixes) for r in requests]
+    widths = [bucket_width(packed_width(r) if shared else w) for r, w in zip(packed, whole_widths)]
+    # Tokens the model reads per sample (unpadded): the prefix once when it is shared (the preamble once per call,
+    # not counted), K times otherwise.
+    sample_tokens = [len(r.prefix) * (1 if shared else k) + sum(len(s) for s in r.suffixes) for r in packed]
 
     def run(batch: list[int], width: int) -> np.ndarray:
         if shared:
-            return shared_prefix_probs(model, [requests[i] for i in batch], token_ids, pad_id, width)
+            return shared_prefix_probs(model, [packed[i] for i in batch], token_ids, pad_id, width, preamble)
         rows = [requests[i].sequence(j) for i in batch for j in range(k)]
         return last_token_probs(model, rows, token_ids, pad_id, width).reshape(len(batch), k, len(token_ids))
 
@@ -249,7 +279,8 @@ def iter_score_batches(
         run, widths, sample_tokens, rows_per_item=1 if shared else k,
         max_batch_tokens=max_batch_tokens or default_max_batch_tokens(model),
         progress=progress, desc=desc, done=done, shard=shard, plan_book=plan_book,
-        layout="shared-prefix" if shared else "whole-rows",
+        # A plan holds for the rows it was made for: rows cut after a preamble are rows of another layout.
+        layout=("shared-prefix" + (f"+preamble{len(preamble)}" if preamble else "")) if shared else "whole-rows",
     )
 
 

@@ -1,0 +1,81 @@
+"""The tokens that every sample's prefix opens with, run through the model once per call instead of once per row.
+
+With a chat template and the default rating prompts, every shared-prefix row opens with the same 40 tokens
+(the system message that asks for a rating, the user turn's opening, "Instruction:"), about 14% of the tokens
+of an Alpaca row (docs/performance.md). Attention is causal, so the keys and values of those tokens depend on
+those tokens alone: they are computed once, and every batch attends to them as a cache of past keys, with its
+rows' positions going on after them. Only a shared-prefix row uses this; its block mask already says what each
+query attends, and it gains the preamble's columns, which every query may attend.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import transformers
+from transformers import DynamicCache
+
+from .batching import input_device
+
+# transformers 5.24 renamed the forward pass's argument and output `past_key_values` to `cache` (the old name
+# warns until 5.40); 5.23 knows only the old one.
+CACHE_NAME = "cache" if tuple(map(int, transformers.__version__.split(".")[:2])) >= (5, 24) else "past_key_values"
+
+
+def common_leading_tokens(prefixes: Sequence[np.ndarray]) -> int:
+    """How many leading tokens all the prefixes have in common (0 when any prefix is empty)."""
+    if not prefixes:
+        return 0
+    first = np.asarray(prefixes[0])
+    length = min(len(p) for p in prefixes)
+    for prefix in prefixes[1:]:
+        differs = np.flatnonzero(np.asarray(prefix[:length]) != first[:length])
+        if len(differs):
+            length = int(differs[0])
+    return length
+
+
+@dataclass(frozen=True)
+class Preamble:
+    """Leading tokens common to a call's rows, with the keys and values every layer computed for them."""
+
+    tokens: np.ndarray
+    states: tuple[tuple[torch.Tensor, torch.Tensor], ...]  # per layer: keys, values [1, heads, tokens, head dim]
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def forward_arguments(self, rows: int) -> dict:
+        """What a forward pass over `rows` rows that follow the preamble takes besides its inputs.
+
+        A fresh cache per pass, since the pass appends its own keys to it.
+        """
+        cache = DynamicCache(ddp_cache_data=[(k.expand(rows, -1, -1, -1), v.expand(rows, -1, -1, -1))
+                                             for k, v in self.states])
+        return {CACHE_NAME: cache, "use_cache": True}
+
+
+@torch.no_grad()
+def run_preamble(model, tokens: np.ndarray) -> Preamble | None:
+    """Run the leading tokens once and keep their keys and values; None where the model gives no usable cache.
+
+    A model whose cache keeps fewer positions than it was given (a sliding window shorter than the preamble) or
+    that returns none is scored without a preamble, as before.
+    """
+    if not len(tokens):
+        return None
+    device = input_device(model)
+    ids = torch.as_tensor(np.asarray(tokens, dtype=np.int64), device=device)[None]
+    output = model(input_ids=ids, position_ids=torch.arange(ids.shape[1], device=device)[None], use_cache=True,
+                   logits_to_keep=1)
+    cache = getattr(output, CACHE_NAME, None)
+    layers = getattr(cache, "layers", None)
+    if not layers:
+        return None
+    states = tuple((layer.keys, layer.values) for layer in layers)
+    if any(k is None or v is None or k.shape[-2] != len(tokens) or v.shape[-2] != len(tokens) for k, v in states):
+        return None
+    return Preamble(np.asarray(tokens), states)
