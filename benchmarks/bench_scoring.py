@@ -11,6 +11,8 @@ On the first 200 rows of the Alpaca demo subset, with K = 5, it times:
   d  default    the default user configuration: (c) on the model loaded in 4-bit NF4, with the compute dtype that
                 `dtype: auto` picks for the hardware (bf16 on a CPU with AMX or AVX512-BF16, fp32 on others)
      sf-bf16-compiled, default-compiled   the same two with `selection_compile` (regional torch.compile)
+     default-no-preamble   (d) with the leading tokens every sample shares read in each row, not once per run
+                (not in a full run; --only default default-no-preamble measures what the preamble saves)
 
 Every configuration runs in a fresh process (so its peak RSS is its own), times tokenisation and scoring
 together, and repeats; medians are reported. The matmul peak of each dtype is measured here too, for the model
@@ -25,8 +27,8 @@ configurations in turn N times and also reports each round's ratio to (a), taken
     python benchmarks/bench_scoring.py --memory-only      # memory as N grows
     python benchmarks/bench_scoring.py --fidelity         # how far each quantisation moves the ranking from fp32
     python benchmarks/bench_scoring.py --device cuda --random-model llama-1b --memory-rows 0   # on a GPU
-    ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 python benchmarks/bench_scoring.py --only sf default  # as on
-                                                          # an AVX2-only CPU, on an AMX one (docs/performance.md)
+    MKL_ENABLE_INSTRUCTIONS=AVX2 ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 \
+        python benchmarks/bench_scoring.py --only sf default  # as on an AVX2-only CPU, on an AMX one (docs/performance.md)
 
 `--random-model` scores with a Llama-architecture model of random weights built from a configuration (the
 embedded model's tokenizer and vocabulary), so that a GPU can be measured at a realistic size without
@@ -73,6 +75,8 @@ CONFIGS = {
     "default": ("sample_first", "default", "4bit", "ours"),
     "sf-bf16-compiled": ("sample_first", "default", "bf16", "compiled"),
     "default-compiled": ("sample_first", "default", "4bit", "compiled"),
+    # The default without the preamble (the leading tokens all samples share, run once): what it saves.
+    "default-no-preamble": ("sample_first", "default", "4bit", "no-preamble"),
     # Other quantisations, for --fidelity only: NF4 with nested quantisation (as peers load), FP4, LLM.int8.
     "sf-nf4-nested": ("sample_first", "default", "4bit-nested", "ours"),
     "sf-fp4": ("sample_first", "default", "fp4", "ours"),
@@ -212,14 +216,15 @@ def released_probs(model, tokenizer, samples, lines, token_ids) -> tuple[np.ndar
     return out, tokens
 
 
-def processed_tokens(requests, shared: bool) -> int:
+def processed_tokens(requests, shared: bool, preamble: bool = True) -> int:
     """Real tokens a path runs through the model (padding not counted)."""
     from selectit_trl.engine.preamble import common_leading_tokens
     from selectit_trl.engine.scoring import packed_width
 
     if shared:
         # The leading tokens all prefixes share run once, as the preamble (engine/preamble.py).
-        return sum(packed_width(r) for r in requests) - common_leading_tokens([r.prefix for r in requests]) * (len(requests) - 1)
+        once = common_leading_tokens([r.prefix for r in requests]) * (len(requests) - 1) if preamble else 0
+        return sum(packed_width(r) for r in requests) - once
     return sum(len(r.prefix) + len(s) for r in requests for s in r.suffixes)
 
 
@@ -253,9 +258,11 @@ def run_config(name: str, data: Path, rows: int, repeats: int, reference_rows: i
         if engine == "released":
             return released_probs(model, tokenizer, subset, prompts.whole(), token_ids)
         requests = build_requests(subset, prompts, tokenizer, layout)
-        probs = score_requests(model, requests, token_ids, pad, max_batch_tokens=budget, progress=False)
+        preamble = engine != "no-preamble"
+        probs = score_requests(model, requests, token_ids, pad, max_batch_tokens=budget, progress=False,
+                               share_preamble=preamble)
         shared = layout == "sample_first" and can_share_prefixes(model)
-        return probs, processed_tokens(requests, shared)
+        return probs, processed_tokens(requests, shared, preamble)
 
     compiled = engine == "compiled"
     with scoring_mode(model):

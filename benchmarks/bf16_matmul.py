@@ -5,7 +5,9 @@ picks) and the median time of a square matmul in fp32 and in bf16. Run it under 
 the emulation really slows bf16 down before trusting figures measured under it:
 
     python benchmarks/bf16_matmul.py
-    ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 python benchmarks/bf16_matmul.py
+    MKL_ENABLE_INSTRUCTIONS=AVX2 ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 python benchmarks/bf16_matmul.py
+
+The three variables hold back ATen's own kernels, oneDNN's (bf16 matmuls) and MKL's (fp32 matmuls) to AVX2.
 """
 
 from __future__ import annotations
@@ -36,7 +38,8 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=1024)
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
-    emulation = {k: os.environ[k] for k in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA") if k in os.environ}
+    emulation = {k: os.environ[k] for k in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
+                 if k in os.environ}
     fp32, bf16 = (median_ms(dtype, args.size, args.repeats) for dtype in (torch.float32, torch.bfloat16))
     print(f"CPU kind: {hardware.cpu_kind()}; bf16 instructions in the CPU: {hardware.cpu_bf16_instructions()}; "
           f"native bf16 matmuls: {hardware.native_cpu_bf16()}; overrides: {emulation or 'none'}")

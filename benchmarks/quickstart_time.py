@@ -5,8 +5,8 @@ included) and the median `scoring_seconds` from summary.json. Each run gets a fr
 every run scores from scratch.
 
     python benchmarks/quickstart_time.py --runs 3
-    ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 python benchmarks/quickstart_time.py --runs 3   # as on an
-                                                                      # AVX2-only CPU, on an AMX one
+    MKL_ENABLE_INSTRUCTIONS=AVX2 ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 \
+        python benchmarks/quickstart_time.py --runs 3   # as on an AVX2-only CPU, on an AMX one
     python benchmarks/quickstart_time.py --runs 3 --load_in_4bit false   # any recipe field, as on the CLI
 
 The recipe's `dtype: auto` computes in bf16 on a CPU with AMX or AVX512-BF16 and in fp32 elsewhere; the CPU

@@ -123,3 +123,18 @@ def test_a_cache_that_disagrees_is_left_out_and_prefixes_are_still_shared(model,
     assert np.abs(got - unbatched(model, requests, ids, pad)).max() < 1e-5
     last = passes[-1]
     assert preamble_module.CACHE_NAME not in last and last["attention_mask"].shape[-1] == last["input_ids"].shape[1]
+
+
+def test_scoring_without_the_preamble_reads_it_in_every_row_and_gives_the_same_scores(model, requests, tokenizer):
+    ids, pad = score_token_ids(tokenizer, 5), tokenizer.pad_token_id
+    passes = []
+    hook = model.register_forward_pre_hook(lambda m, args, kwargs: passes.append(kwargs), with_kwargs=True)
+    try:
+        without = score_requests(model, requests, ids, pad, progress=False, share_preamble=False)
+    finally:
+        hook.remove()
+    with_it = score_requests(model, requests, ids, pad, progress=False)
+    assert np.abs(without - with_it).max() < 1e-5
+    last = passes[-1]  # the one batch, after the two passes of the check
+    assert len(passes) == 3 and preamble_module.CACHE_NAME not in last
+    assert last["input_ids"].shape[1] >= max(len(r.prefix) for r in requests)  # every row holds its whole prefix

@@ -202,6 +202,7 @@ def iter_score_batches(
     progress: bool | ScoringProgress = True,
     desc: str = "Scoring",
     share_prefix: bool = True,
+    share_preamble: bool = True,
     done: Sequence[bool] | None = None,
     shard: tuple[int, int] = (0, 1),
     plan_book: PlanBook | None = None,
@@ -222,6 +223,8 @@ def iter_score_batches(
         share_prefix: compute each sample's prefix once for its K suffixes. Used when the samples have
             prefixes and the model's attention takes a custom mask; checked against whole rows on one sample
             first, and turned off with a warning if the two disagree.
+        share_preamble: with prefixes shared, compute the leading tokens common to all samples once for the call
+            (`preamble.py`); off only to measure what it saves.
         done: samples whose probabilities are already known. Batches made only of them are not run; a batch
             holding some of them runs whole and yields them too.
         shard: (this process's rank, number of processes). Each process runs its own share of the batches,
@@ -243,10 +246,11 @@ def iter_score_batches(
         )
         shared = False
     preamble = None
-    if shared:
+    if shared and share_preamble:
         # Computed from every sample of the call, stored or not, so that a resumed run cuts its rows where the
         # first run did.
         preamble = run_preamble(model, requests[0].prefix[: common_leading_tokens([r.prefix for r in requests])])
+    if shared:
         # On the shortest sample, which costs least to run twice.
         shortest = min(range(len(requests)), key=lambda i: packed_width(requests[i]))
         agrees, difference = _prefix_sharing_agrees(model, requests[shortest], token_ids, pad_id, preamble)
