@@ -1,5 +1,7 @@
 """`selection_compile`: scoring with the decoder layers compiled gives the eager numbers, and training is untouched."""
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -59,3 +61,26 @@ def test_compile_on_a_cpu_without_a_compiler_is_refused_before_scoring(tiny_llam
     with pytest.raises(SelectionConfigError, match="needs a C\\+\\+ compiler"):
         trainer.select()
     assert not list((tmp_path / "out" / "selection" / "store").glob("*.jsonl"))
+
+
+def test_a_forced_cpu_capability_gets_a_compile_cache_of_its_own(tiny_llama, monkeypatch):
+    """Inductor's cache does not key CPU kernels on ATEN_CPU_CAPABILITY, and kernels built natively gave NaN under
+    ATEN_CPU_CAPABILITY=avx2; a folder the user chose stays theirs."""
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32).eval()
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "AVX2")
+    for inductors_own in (None, default_cache_dir()):  # unset, or set by inductor the first time it looked
+        if inductors_own is None:
+            monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+        else:
+            monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", inductors_own)
+        with compiled_blocks(model):
+            assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == default_cache_dir() + "_avx2"
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "/somewhere/of/theirs")
+    with compiled_blocks(model):
+        assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == "/somewhere/of/theirs"
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", default_cache_dir())
+    monkeypatch.delenv("ATEN_CPU_CAPABILITY")
+    with compiled_blocks(model):
+        assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == default_cache_dir()  # no override: inductor's own folder

@@ -164,3 +164,25 @@ def warn_if_emulated(dtype, device_type: str, what: str) -> bool:
         what, str(dtype).removeprefix("torch."), cpu_kind(), slowdown,
     )
     return True
+
+
+def compile_cache_per_capability() -> None:
+    """Give torch.compile's kernel cache a folder of its own where ATen's CPU capability is forced.
+
+    Inductor does not key its cached CPU kernels on `ATEN_CPU_CAPABILITY`: kernels it built without the override
+    and reused under `ATEN_CPU_CAPABILITY=avx2` gave NaN rating probabilities (`tests/test_compile.py`'s compiled
+    scoring, run natively and then under the AVX2 emulation with one cache; each alone passes). Inductor looks
+    the folder up in `TORCHINDUCTOR_CACHE_DIR` whenever it reads or writes a kernel, and writes its default there
+    the first time (importing bitsandbytes does), so that value is inductor's choice and is replaced; a folder
+    the user chose is left alone.
+    """
+    capability = os.environ.get("ATEN_CPU_CAPABILITY", "").strip().lower()
+    if not capability:
+        return
+    try:
+        from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+    except ImportError:  # a torch that keeps it elsewhere: leave the cache as it is
+        return
+    current = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    if current is None or os.path.abspath(current) == os.path.abspath(default_cache_dir()):
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = f"{default_cache_dir()}_{capability}"

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from ..errors import ModelSourceError, SelectionConfigError
+from . import hardware
 
 logger = logging.getLogger(__name__)
 
@@ -216,6 +217,7 @@ def compiled_blocks(model: torch.nn.Module, enabled: bool = True):
         yield model
         return
     _check_compiler(model)
+    hardware.compile_cache_per_capability()
     blocks = repeated_blocks(model)
     for block in blocks:
         block.compile(dynamic=True)
