@@ -54,8 +54,11 @@ def data(tmp_path_factory, demo_rows):
 
 def test_two_processes_share_the_scoring_and_equal_one(tiny_llama, data, tmp_path):
     single, double = tmp_path / "single", tmp_path / "double"
-    run([sys.executable, "-m", "selectit_trl.cli", "score", "--config", str(recipe(tmp_path, tiny_llama, data, single))])
-    done = launch("score", "--config", str(recipe(tmp_path, tiny_llama, data, double, disable_tqdm=False)))
+    # One sample per batch, so that rank 0 runs the 3 batches after which a bar prints its estimate in both phases
+    # (the probe's 12 samples and the other 18), however short the rows are.
+    small = {"selection_max_batch_tokens": 64}
+    run([sys.executable, "-m", "selectit_trl.cli", "score", "--config", str(recipe(tmp_path, tiny_llama, data, single, **small))])
+    done = launch("score", "--config", str(recipe(tmp_path, tiny_llama, data, double, disable_tqdm=False, **small)))
 
     shards = {p.name: [json.loads(line) for line in p.read_text().splitlines()]
               for p in (double / "selection" / "store").glob("*.jsonl")}
