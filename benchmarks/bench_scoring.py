@@ -59,8 +59,6 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-# What makes an AMX machine run as an AVX2-only one (docs/benchmarks.md): ATen's kernels, oneDNN's, and MKL's.
-EMULATION = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
 WHOLE_PROMPTS = REPO / "benchmarks" / "whole_prompts.txt"
 RESULTS = REPO / "benchmarks" / "results"
 K = 5
@@ -611,9 +609,8 @@ def main() -> None:
             print(f"memory check, {rows} rows: median peak RSS {m['peak_rss_mib']:.0f} MiB (runs: "
                   f"{', '.join(f'{p:.0f}' for p in m['peaks_mib'])}), median growth during scoring {m['growth_mib']:.0f} MiB, "
                   f"{m['seconds']:.0f} s", flush=True)
-    emulation = {k: os.environ[k] for k in EMULATION if k in os.environ}
     report = {"peaks_gflops": peaks, "threads": torch.get_num_threads(), "parameters": parameters, "cpu": hardware.cpu_kind(),
-              "emulation": emulation,
+              "emulation": hardware.emulation_overrides(),
               "model": args.random_model or "embedded", "device": where,
               "results": results, "comparisons": comparisons, "memory": memory}
     # A memory-only run keeps the full run's results file.

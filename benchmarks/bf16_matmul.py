@@ -13,7 +13,6 @@ The three variables hold back ATen's own kernels, oneDNN's (bf16 matmuls) and MK
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import time
 
@@ -38,8 +37,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=1024)
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
-    emulation = {k: os.environ[k] for k in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
-                 if k in os.environ}
+    emulation = hardware.emulation_overrides()
     fp32, bf16 = (median_ms(dtype, args.size, args.repeats) for dtype in (torch.float32, torch.bfloat16))
     print(f"CPU kind: {hardware.cpu_kind()}; bf16 instructions in the CPU: {hardware.cpu_bf16_instructions()}; "
           f"native bf16 matmuls: {hardware.native_cpu_bf16()}; overrides: {emulation or 'none'}")

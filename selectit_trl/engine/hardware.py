@@ -186,3 +186,13 @@ def compile_cache_per_capability() -> None:
     current = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
     if current is None or os.path.abspath(current) == os.path.abspath(default_cache_dir()):
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = f"{default_cache_dir()}_{capability}"
+
+
+# What makes an AMX machine run as an AVX2-only one (docs/benchmarks.md): ATen's own kernels, oneDNN's (bf16
+# matmuls) and MKL's (fp32 matmuls), each held back to AVX2.
+EMULATION_VARIABLES = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
+
+
+def emulation_overrides() -> dict[str, str]:
+    """The variables of the AVX2 emulation set in this process, for benchmarks to record beside their figures."""
+    return {name: os.environ[name] for name in EMULATION_VARIABLES if name in os.environ}
