@@ -13,6 +13,8 @@ On the first 200 rows of the Alpaca demo subset, with K = 5, it times:
      sf-bf16-compiled, default-compiled   the same two with `selection_compile` (regional torch.compile)
      default-no-preamble   (d) with the leading tokens every sample shares read in each row, not once per run
                 (not in a full run; --only default default-no-preamble measures what the preamble saves)
+     default-padded   (d) with its batches' padding run through the layers, as before padding-free batches
+                (not in a full run; --only default default-padded measures what padding-free batches save)
 
 Every configuration runs in a fresh process (so its peak RSS is its own), times tokenisation and scoring
 together, and repeats; medians are reported. The matmul peak of each dtype is measured here too, for the model
@@ -75,6 +77,8 @@ CONFIGS = {
     "default-compiled": ("sample_first", "default", "4bit", "compiled"),
     # The default without the preamble (the leading tokens all samples share, run once): what it saves.
     "default-no-preamble": ("sample_first", "default", "4bit", "no-preamble"),
+    # The default with padded rows through every layer: what padding-free batches save.
+    "default-padded": ("sample_first", "default", "4bit", "padded"),
     # Other quantisations, for --fidelity only: NF4 with nested quantisation (as peers load), FP4, LLM.int8.
     "sf-nf4-nested": ("sample_first", "default", "4bit-nested", "ours"),
     "sf-fp4": ("sample_first", "default", "fp4", "ours"),
@@ -258,7 +262,7 @@ def run_config(name: str, data: Path, rows: int, repeats: int, reference_rows: i
         requests = build_requests(subset, prompts, tokenizer, layout)
         preamble = engine != "no-preamble"
         probs = score_requests(model, requests, token_ids, pad, max_batch_tokens=budget, progress=False,
-                               share_preamble=preamble)
+                               share_preamble=preamble, padding_free=engine != "padded")
         shared = layout == "sample_first" and can_share_prefixes(model)
         return probs, processed_tokens(requests, shared, preamble)
 

@@ -70,6 +70,23 @@ def tiny_llama(tmp_path_factory, tokenizer) -> str:
     return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"), tokenizer)
 
 
+# The models the scorer's layouts are checked on: Llama (rotary positions) with both mask-taking attentions, and
+# GPT-2 (absolute positions, which catch wrong position ids under padding and prefix sharing).
+SCORING_MODELS = ["llama-sdpa", "llama-eager", "gpt2"]
+
+
+def build_scoring_model(kind: str, tiny_llama: str, tokenizer):
+    """One of `SCORING_MODELS`, in fp32 and eval mode."""
+    from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
+
+    if kind.startswith("llama"):
+        attention = kind.split("-")[1]
+        return AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32, attn_implementation=attention).eval()
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=len(tokenizer), n_embd=64, n_layer=2, n_head=4, n_positions=1024)
+    return GPT2LMHeadModel(config).eval()
+
+
 @pytest.fixture(scope="session")
 def demo_rows() -> list[dict]:
     with open(demo_dataset_path(), encoding="utf-8") as handle:

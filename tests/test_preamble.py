@@ -69,8 +69,9 @@ def test_the_preamble_keeps_every_layers_keys_and_values_for_its_tokens(model, r
     assert run_preamble(model, np.array([], dtype=np.int64)) is None
 
 
+@pytest.mark.parametrize("padding_free", [True, False])
 @pytest.mark.parametrize("budget", [1, 10**6])
-def test_scores_with_the_preamble_cached_equal_whole_rows_alone(model, requests, tokenizer, budget):
+def test_scores_with_the_preamble_cached_equal_whole_rows_alone(model, requests, tokenizer, budget, padding_free):
     ids, pad = score_token_ids(tokenizer, 5), tokenizer.pad_token_id
     passes = []
 
@@ -81,7 +82,8 @@ def test_scores_with_the_preamble_cached_equal_whole_rows_alone(model, requests,
 
     hook = model.register_forward_pre_hook(record, with_kwargs=True)
     try:
-        got = score_requests(model, requests, ids, pad, max_batch_tokens=budget, progress=False)
+        got = score_requests(model, requests, ids, pad, max_batch_tokens=budget, progress=False,
+                             padding_free=padding_free)
     finally:
         hook.remove()
     assert np.abs(got - unbatched(model, requests, ids, pad)).max() < 1e-5
@@ -90,13 +92,22 @@ def test_scores_with_the_preamble_cached_equal_whole_rows_alone(model, requests,
     scoring = passes[3:]  # after the preamble and the check against whole rows
     assert len(scoring) == (len(requests) if budget == 1 else 1)
     for kwargs in scoring:
-        rows, width = kwargs["input_ids"].shape
+        if padding_free:
+            # The batch's real tokens run as one sequence; only attention lays them out in rows.
+            rows, width = kwargs["row_layout"].rows, kwargs["row_layout"].width
+            assert kwargs["input_ids"].shape == (1, len(kwargs["row_layout"].index))
+        else:
+            rows, width = kwargs["input_ids"].shape
         # The rows hold no preamble; the mask covers it, and the cache holds it for every row.
         assert kwargs["attention_mask"].shape == (rows, 1, width, length + width)
         assert (kwargs["attention_mask"][..., :length] == 0).all()
         assert kwargs["cached"] == length
         positions = kwargs["position_ids"]
         assert int(positions[positions > 0].min()) == length  # real tokens go on from the preamble; padding sits at 0
+    # Every real token after the preamble runs once; padding-free, no padding reaches the model's layers.
+    real = sum(len(r.prefix) - length + sum(len(s) for s in r.suffixes) for r in requests)
+    tokens = sum(kwargs["input_ids"].numel() for kwargs in scoring)
+    assert tokens == real if padding_free else tokens > real
 
 
 def test_a_cache_that_disagrees_is_left_out_and_prefixes_are_still_shared(model, requests, tokenizer, monkeypatch,
@@ -106,10 +117,10 @@ def test_a_cache_that_disagrees_is_left_out_and_prefixes_are_still_shared(model,
     ids, pad = score_token_ids(tokenizer, 5), tokenizer.pad_token_id
     real = scoring.shared_prefix_probs
 
-    def wrong_with_a_preamble(model, requests, token_ids, pad_id, width=None, preamble=None):
+    def wrong_with_a_preamble(model, requests, token_ids, pad_id, width=None, preamble=None, padding_free=False):
         if preamble is not None:
             return np.full((len(requests), len(requests[0].suffixes), len(token_ids)), 0.5)
-        return real(model, requests, token_ids, pad_id, width)
+        return real(model, requests, token_ids, pad_id, width, padding_free=padding_free)
 
     monkeypatch.setattr(scoring, "shared_prefix_probs", wrong_with_a_preamble)
     passes = []
@@ -119,10 +130,10 @@ def test_a_cache_that_disagrees_is_left_out_and_prefixes_are_still_shared(model,
             got = score_requests(model, requests, ids, pad, progress=False)
     finally:
         hook.remove()
-    assert "leaving it out" in caplog.text and "whole rows instead" not in caplog.text
+    assert "Shared prefixes with the preamble cached disagree" in caplog.text and "whole rows instead" not in caplog.text
     assert np.abs(got - unbatched(model, requests, ids, pad)).max() < 1e-5
-    last = passes[-1]
-    assert preamble_module.CACHE_NAME not in last and last["attention_mask"].shape[-1] == last["input_ids"].shape[1]
+    last = passes[-1]  # padding-free still, without the preamble's columns
+    assert preamble_module.CACHE_NAME not in last and last["attention_mask"].shape[-1] == last["row_layout"].width
 
 
 def test_scoring_without_the_preamble_reads_it_in_every_row_and_gives_the_same_scores(model, requests, tokenizer):
@@ -130,7 +141,7 @@ def test_scoring_without_the_preamble_reads_it_in_every_row_and_gives_the_same_s
     passes = []
     hook = model.register_forward_pre_hook(lambda m, args, kwargs: passes.append(kwargs), with_kwargs=True)
     try:
-        without = score_requests(model, requests, ids, pad, progress=False, share_preamble=False)
+        without = score_requests(model, requests, ids, pad, progress=False, share_preamble=False, padding_free=False)
     finally:
         hook.remove()
     with_it = score_requests(model, requests, ids, pad, progress=False)

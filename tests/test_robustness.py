@@ -137,8 +137,10 @@ class _OutOfMemoryAbove:
         self.forward, self.limit, self.sizes = model.forward, limit, []
 
     def __call__(self, input_ids=None, **kwargs):
-        self.sizes.append(input_ids.numel())
-        if input_ids.numel() > self.limit:
+        # A padding-free pass reads the real tokens alone; its batch is the padded rows its attention lays out.
+        layout = kwargs.get("row_layout")
+        self.sizes.append(layout.rows * layout.width if layout is not None else input_ids.numel())
+        if self.sizes[-1] > self.limit:
             raise torch.OutOfMemoryError("CUDA out of memory (injected)")
         return self.forward(input_ids=input_ids, **kwargs)
 
@@ -172,7 +174,12 @@ def test_duplicate_rows_are_scored_once_and_share_the_score(tiny_llama, demo_row
     data = data + [data[1], data[3], data[1]]  # rows 5 and 7 repeat row 1, row 6 repeats row 3
     trainer = make_trainer(tiny_llama, Dataset.from_list(data), tmp_path)
     passes = []
-    trainer.model.register_forward_pre_hook(lambda m, a, kw: passes.append(kw["input_ids"].shape[0]), with_kwargs=True)
+
+    def count_rows(module, args, kwargs):
+        layout = kwargs.get("row_layout")  # a padding-free pass's rows are its attention's
+        passes.append(layout.rows if layout is not None else kwargs["input_ids"].shape[0])
+
+    trainer.model.register_forward_pre_hook(count_rows, with_kwargs=True)
     result = trainer.select()
     # After the preamble's pass and the two of the prefix-sharing check: one packed row per unique sample.
     assert sum(passes[3:]) == 5

@@ -8,7 +8,8 @@ import logging
 import numpy as np
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
+from conftest import SCORING_MODELS, build_scoring_model
+from transformers import AutoModelForCausalLM
 
 from selectit_trl.engine import scoring
 from selectit_trl.engine.batching import bucket_width, plan_batches, share_batches
@@ -23,16 +24,9 @@ from selectit_trl.engine.prompts import (
 from selectit_trl.engine.scoring import SampleRequests, last_token_probs, packed_width, score_requests
 
 
-@pytest.fixture(scope="module", params=["llama-sdpa", "llama-eager", "gpt2"])
+@pytest.fixture(scope="module", params=SCORING_MODELS)
 def model(request, tiny_llama, tokenizer):
-    """Llama (rotary positions) with both mask-taking attentions, and GPT-2 (absolute positions, which catch
-    wrong position ids under padding and prefix sharing)."""
-    if request.param.startswith("llama"):
-        attention = request.param.split("-")[1]
-        return AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32, attn_implementation=attention).eval()
-    torch.manual_seed(0)
-    config = GPT2Config(vocab_size=len(tokenizer), n_embd=64, n_layer=2, n_head=4, n_positions=1024)
-    return GPT2LMHeadModel(config).eval()
+    return build_scoring_model(request.param, tiny_llama, tokenizer)
 
 
 @pytest.fixture(scope="module")
@@ -92,12 +86,19 @@ def test_bucket_width_rounds_up_to_sixteen_sizes_per_doubling():
 @pytest.mark.parametrize("share_prefix", [True, False])
 def test_batch_shapes_come_from_the_buckets_not_from_the_number_of_samples(tiny_llama, tokenizer, demo_rows, share_prefix):
     """Each distinct batch shape costs memory for the life of the process (oneDNN caches a primitive per shape), so
-    the shapes must not grow with N: every batch is one of the bucket widths, full but for the last batch."""
+    the shapes must not grow with N: every batch is one of the bucket widths, full but for the last batch. A
+    padding-free batch's rows are its attention's shape; its layers see its real tokens as one sequence."""
     model = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32, attn_implementation="sdpa").eval()
     samples = [RatingSample(r["instruction"], r["output"]) for r in demo_rows[:60]]
     requests = build_requests(samples, load_prompts(2, 5), tokenizer)
     shapes = []
-    model.register_forward_pre_hook(lambda module, args, kwargs: shapes.append(tuple(kwargs["input_ids"].shape)), with_kwargs=True)
+
+    def record(module, args, kwargs):
+        layout = kwargs.get("row_layout")
+        shapes.append((layout.rows, layout.width) if layout else tuple(kwargs["input_ids"].shape))
+        assert layout is None or kwargs["input_ids"].shape == (1, len(layout.index))
+
+    model.register_forward_pre_hook(record, with_kwargs=True)
     budget = 4096
     score_requests(model, requests, score_token_ids(tokenizer, 5), tokenizer.pad_token_id,
                    max_batch_tokens=budget, progress=False, share_prefix=share_prefix)
@@ -155,7 +156,7 @@ def test_prefix_sharing_that_disagrees_falls_back_to_whole_rows(model, tokenizer
     ids, pad = score_token_ids(tokenizer, 5), tokenizer.pad_token_id
     expected = unbatched(model, requests, ids, pad)
     # A model that ignored the block mask would give different numbers from whole rows; stand in for one.
-    monkeypatch.setattr(scoring, "shared_prefix_probs", lambda m, r, i, p, width=None, preamble=None: np.full((len(r), 2, 5), 0.5))
+    monkeypatch.setattr(scoring, "shared_prefix_probs", lambda m, r, i, p, *args, **kwargs: np.full((len(r), 2, 5), 0.5))
     with caplog.at_level(logging.WARNING, logger="selectit_trl.engine.scoring"):
         got = score_requests(model, requests, ids, pad, progress=False)
     assert "disagree" in caplog.text

@@ -12,6 +12,8 @@ Two ways to run a batch give the same numbers:
   it followed the prefix alone. The prefix is computed once instead of K times. The leading tokens that all
   the samples' prefixes share (a chat template's system message, the rating preamble) are computed once for
   the whole call and attended as a cache (`preamble.py`).
+  A batch's padded rows are laid out for attention only: the model reads the batch's real tokens as one
+  sequence, so its linear layers compute no padding (`padding_free.py`).
 * **Whole rows**: K left-padded rows per sample, each `prefix + suffix_k` (the `prompt_first` layout, and
   models whose attention cannot take a custom mask).
 
@@ -32,6 +34,7 @@ import torch
 
 from ..progress import ScoringProgress
 from .batching import PlanBook, bucket_width, check_fits, default_max_batch_tokens, input_device, left_pad, run_batches
+from .padding_free import PaddingFreeUnsupported, RowLayout, can_run_padding_free, padding_free_passes
 from .preamble import Preamble, common_leading_tokens, run_preamble
 
 logger = logging.getLogger(__name__)
@@ -109,8 +112,19 @@ def packed_width(request: SampleRequests) -> int:
     return len(request.prefix) + sum(len(s) for s in request.suffixes)
 
 
-def _packed_inputs(requests: Sequence[SampleRequests], pad_id: int, dtype, device, width=None, preamble: int = 0):
-    """Input ids, 4D block mask, position ids and read positions of a shared-prefix batch.
+class PackedBatch(NamedTuple):
+    """A shared-prefix batch laid out in padded rows."""
+
+    input_ids: torch.Tensor  # [rows, width]
+    mask: torch.Tensor  # [rows, 1, width, preamble + width], additive
+    position_ids: torch.Tensor  # [rows, width]
+    ends: torch.Tensor  # [K]: the column of each suffix's last token, the same in every row
+    real: torch.Tensor  # [rows, width]: True where a token is not padding
+
+
+def _packed_inputs(requests: Sequence[SampleRequests], pad_id: int, dtype, device, width=None,
+                   preamble: int = 0) -> PackedBatch:
+    """Input ids, 4D block mask, position ids, read positions and real tokens of a shared-prefix batch.
 
     Row layout: [pad.. prefix | pad.. suffix_1 | pad.. suffix_2 | ...]. Each block is right-aligned to a width
     common to the batch, so the last token of suffix k sits at the same column in every row, and the LM head
@@ -147,29 +161,41 @@ def _packed_inputs(requests: Sequence[SampleRequests], pad_id: int, dtype, devic
     # boolean mask to this form in every layer (a float mask made its CPU kernel 17% faster in bf16).
     mask = torch.zeros((len(requests), 1, width, preamble + width), dtype=dtype).masked_fill(
         ~allowed[:, None], torch.finfo(dtype).min)
-    return (
+    return PackedBatch(
         torch.from_numpy(ids).to(device),
         mask.to(device),
         torch.from_numpy(positions).to(device),
         torch.as_tensor(ends, device=device),
+        (block_t != -2).to(device),
     )
 
 
 @torch.no_grad()
 def shared_prefix_probs(
     model, requests: Sequence[SampleRequests], token_ids: Sequence[int], pad_id: int, width: int | None = None,
-    preamble: Preamble | None = None,
+    preamble: Preamble | None = None, padding_free: bool = False,
 ) -> np.ndarray:
     """Shared prefix: one forward pass, one packed row per sample (padded to `width`), probabilities [n, K, S].
 
-    With a `preamble`, each request's prefix is what follows the preamble's tokens.
+    With a `preamble`, each request's prefix is what follows the preamble's tokens. `padding_free` runs the rows'
+    real tokens as one sequence, the rows existing for attention only (`padding_free.py`); it raises
+    `PaddingFreeUnsupported` for a model whose attention cannot take part.
     """
     dtype = next(p for p in model.parameters() if p.is_floating_point()).dtype
-    input_ids, mask, position_ids, ends = _packed_inputs(requests, pad_id, dtype=dtype, device=input_device(model),
-                                                         width=width, preamble=len(preamble) if preamble else 0)
-    cached = preamble.forward_arguments(len(requests)) if preamble else {"use_cache": False}
-    output = model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids, logits_to_keep=ends, **cached)
-    return _read_probs(output.logits, token_ids)
+    batch = _packed_inputs(requests, pad_id, dtype=dtype, device=input_device(model), width=width,
+                           preamble=len(preamble) if preamble else 0)
+    if not padding_free:
+        cached = preamble.forward_arguments(len(requests)) if preamble else {"use_cache": False}
+        output = model(input_ids=batch.input_ids, attention_mask=batch.mask, position_ids=batch.position_ids,
+                       logits_to_keep=batch.ends, **cached)
+        return _read_probs(output.logits, token_ids)
+    layout = RowLayout.of(batch.real)
+    cached = preamble.forward_arguments(1) if preamble else {"use_cache": False}
+    with padding_free_passes(model):
+        output = model(input_ids=layout.flatten(batch.input_ids), attention_mask=batch.mask,
+                       position_ids=layout.flatten(batch.position_ids), logits_to_keep=layout.flat_positions(batch.ends),
+                       row_layout=layout, **cached)
+    return _read_probs(output.logits[0].view(len(requests), len(batch.ends), -1), token_ids)
 
 
 def can_share_prefixes(model) -> bool:
@@ -177,20 +203,56 @@ def can_share_prefixes(model) -> bool:
     return getattr(model.config, "_attn_implementation", None) in _MASKABLE_ATTENTION
 
 
-def _prefix_sharing_agrees(model, request: SampleRequests, token_ids, pad_id,
-                           preamble: Preamble | None = None) -> tuple[bool, float]:
+def _prefix_sharing_agrees(model, request: SampleRequests, token_ids, pad_id, preamble: Preamble | None = None,
+                           padding_free: bool = False) -> tuple[bool, float]:
     """Compare prefix sharing with whole (padded) rows on one sample before trusting it for a whole dataset.
 
-    A model whose code ignores a custom attention mask (or a cache of past keys, for the preamble) would
-    otherwise give wrong scores without an error. Low-precision kernels differ from each other by rounding, so
-    the tolerance follows the weights' dtype.
+    A model whose code ignores a custom attention mask (or a cache of past keys, for the preamble, or keyword
+    arguments, for padding-free batches) would otherwise give wrong scores without an error. Low-precision
+    kernels differ from each other by rounding, so the tolerance follows the weights' dtype.
     """
     cut = len(preamble) if preamble else 0
-    shared = shared_prefix_probs(model, [request.without_leading(cut)], token_ids, pad_id, preamble=preamble)[0]
+    try:
+        shared = shared_prefix_probs(model, [request.without_leading(cut)], token_ids, pad_id, preamble=preamble,
+                                     padding_free=padding_free)[0]
+    except (PaddingFreeUnsupported, TypeError, ValueError, RuntimeError) as error:
+        if not padding_free:
+            raise
+        # A model whose forward pass takes no extra keyword arguments, or whose attention lays its output out
+        # otherwise, fails here rather than giving wrong numbers.
+        logger.info("Padding-free batches do not run on this model: %s", error)
+        return False, math.inf
     whole = last_token_probs(model, [request.sequence(k) for k in range(len(request.suffixes))], token_ids, pad_id)
     difference = float(np.abs(shared - whole).max())
     full_precision = getattr(model, "dtype", None) == torch.float32 and getattr(model.config, "quantization_config", None) is None
     return difference <= (1e-3 if full_precision else 5e-2), difference
+
+
+def _checked_way(model, requests: Sequence[SampleRequests], token_ids, pad_id, preamble: Preamble | None,
+                 padding_free: bool) -> tuple[bool, Preamble | None, bool]:
+    """The fastest way of sharing prefixes that agrees with whole rows: (share prefixes, preamble, padding-free).
+
+    Each shortcut rests on something a model's code may not do (take a cache of past keys, pass keyword arguments
+    on to attention), so each is dropped in turn, padding-free batches first, until one way agrees; when none
+    does, the samples are scored as whole rows.
+    """
+    # On the shortest sample, which costs least to run twice.
+    shortest = requests[min(range(len(requests)), key=lambda i: packed_width(requests[i]))]
+    ways = [(cached, free) for cached in ([preamble, None] if preamble else [None])
+            for free in ([True, False] if padding_free else [False])]
+    for cached, free in ways:
+        agrees, difference = _prefix_sharing_agrees(model, shortest, token_ids, pad_id, cached, free)
+        if agrees:
+            return True, cached, free
+        way = [what for what, used in (("with the preamble cached", cached), ("in padding-free batches", free)) if used]
+        logger.info("Shared prefixes %s disagree with whole rows by %.3g; trying another way.",
+                    " and ".join(way) or "in padded rows", difference)
+    logger.warning(
+        "Prefix sharing and whole rows disagree by %.3g on the first sample with this model; scoring with whole rows "
+        "instead (slower, same numbers as the released procedure's layout).",
+        difference,
+    )
+    return False, None, False
 
 
 def iter_score_batches(
@@ -203,6 +265,7 @@ def iter_score_batches(
     desc: str = "Scoring",
     share_prefix: bool = True,
     share_preamble: bool = True,
+    padding_free: bool = True,
     done: Sequence[bool] | None = None,
     shard: tuple[int, int] = (0, 1),
     plan_book: PlanBook | None = None,
@@ -225,6 +288,8 @@ def iter_score_batches(
             first, and turned off with a warning if the two disagree.
         share_preamble: with prefixes shared, compute the leading tokens common to all samples once for the call
             (`preamble.py`); off only to measure what it saves.
+        padding_free: with prefixes shared and SDPA attention, run each batch's real tokens as one sequence, so
+            that the linear layers compute no padding (`padding_free.py`); off only to measure what it saves.
         done: samples whose probabilities are already known. Batches made only of them are not run; a batch
             holding some of them runs whole and yields them too.
         shard: (this process's rank, number of processes). Each process runs its own share of the batches,
@@ -250,22 +315,9 @@ def iter_score_batches(
         # Computed from every sample of the call, stored or not, so that a resumed run cuts its rows where the
         # first run did.
         preamble = run_preamble(model, requests[0].prefix[: common_leading_tokens([r.prefix for r in requests])])
+    free = shared and padding_free and can_run_padding_free(model)
     if shared:
-        # On the shortest sample, which costs least to run twice.
-        shortest = min(range(len(requests)), key=lambda i: packed_width(requests[i]))
-        agrees, difference = _prefix_sharing_agrees(model, requests[shortest], token_ids, pad_id, preamble)
-        if not agrees and preamble is not None:
-            # A model may take the block mask but not a cache of past keys: share prefixes without the preamble.
-            logger.info("Scoring with the preamble cached disagrees with whole rows by %.3g; leaving it out.", difference)
-            preamble = None
-            agrees, difference = _prefix_sharing_agrees(model, requests[shortest], token_ids, pad_id)
-        if not agrees:
-            logger.warning(
-                "Prefix sharing and whole rows disagree by %.3g on the first sample with this model; scoring with "
-                "whole rows instead (slower, same numbers as the released procedure's layout).",
-                difference,
-            )
-            shared, preamble = False, None
+        shared, preamble, free = _checked_way(model, requests, token_ids, pad_id, preamble, free)
     packed = [r.without_leading(len(preamble)) for r in requests] if preamble else requests
     # Batches are planned and padded on bucketed widths, so that the number of batch shapes stays small.
     widths = [bucket_width(packed_width(r) if shared else w) for r, w in zip(packed, whole_widths)]
@@ -275,7 +327,7 @@ def iter_score_batches(
 
     def run(batch: list[int], width: int) -> np.ndarray:
         if shared:
-            return shared_prefix_probs(model, [packed[i] for i in batch], token_ids, pad_id, width, preamble)
+            return shared_prefix_probs(model, [packed[i] for i in batch], token_ids, pad_id, width, preamble, free)
         rows = [requests[i].sequence(j) for i in batch for j in range(k)]
         return last_token_probs(model, rows, token_ids, pad_id, width).reshape(len(batch), k, len(token_ids))
 
@@ -284,7 +336,8 @@ def iter_score_batches(
         max_batch_tokens=max_batch_tokens or default_max_batch_tokens(model),
         progress=progress, desc=desc, done=done, shard=shard, plan_book=plan_book,
         # A plan holds for the rows it was made for: rows cut after a preamble are rows of another layout.
-        layout=("shared-prefix" + (f"+preamble{len(preamble)}" if preamble else "")) if shared else "whole-rows",
+        layout=("shared-prefix" + (f"+preamble{len(preamble)}" if preamble else "") + ("+padding-free" if free else "")
+                if shared else "whole-rows"),
     )
 
 
