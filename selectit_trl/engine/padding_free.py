@@ -1,7 +1,7 @@
 """Padding-free batches: a shared-prefix batch's linear layers run on its real tokens only.
 
-A shared-prefix batch pads every row to the batch's width, and in the default's batches of the Alpaca demo rows
-7.7% of what the layers compute is padding (docs/performance.md). Everything in a decoder but attention works on
+A shared-prefix batch pads every row to the batch's width: the default's batches of the Alpaca demo rows hold
+7.7% more tokens than they have real ones (docs/performance.md). Everything in a decoder but attention works on
 each token alone, so the batch's real tokens go through the model as one sequence, each with its own position
 id, and only attention sees rows: a registered attention function spreads each layer's queries, keys and values
 into the batch's padded rows, runs the model's SDPA attention under the batch's block mask, and gathers the
