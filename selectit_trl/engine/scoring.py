@@ -203,9 +203,10 @@ def can_share_prefixes(model) -> bool:
     return getattr(model.config, "_attn_implementation", None) in _MASKABLE_ATTENTION
 
 
-def _prefix_sharing_agrees(model, request: SampleRequests, token_ids, pad_id, preamble: Preamble | None = None,
-                           padding_free: bool = False) -> tuple[bool, float]:
-    """Compare prefix sharing with whole (padded) rows on one sample before trusting it for a whole dataset.
+def _prefix_sharing_agrees(model, request: SampleRequests, whole: np.ndarray, token_ids, pad_id,
+                           preamble: Preamble | None = None, padding_free: bool = False) -> tuple[bool, float]:
+    """Compare prefix sharing with `whole`, the sample's probabilities from whole rows, before trusting it for a
+    whole dataset.
 
     A model whose code ignores a custom attention mask (or a cache of past keys, for the preamble, or keyword
     arguments, for padding-free batches) would otherwise give wrong scores without an error. Low-precision
@@ -222,7 +223,6 @@ def _prefix_sharing_agrees(model, request: SampleRequests, token_ids, pad_id, pr
         # otherwise, fails here rather than giving wrong numbers.
         logger.info("Padding-free batches do not run on this model: %s", error)
         return False, math.inf
-    whole = last_token_probs(model, [request.sequence(k) for k in range(len(request.suffixes))], token_ids, pad_id)
     difference = float(np.abs(shared - whole).max())
     full_precision = getattr(model, "dtype", None) == torch.float32 and getattr(model.config, "quantization_config", None) is None
     return difference <= (1e-3 if full_precision else 5e-2), difference
@@ -238,10 +238,12 @@ def _checked_way(model, requests: Sequence[SampleRequests], token_ids, pad_id, p
     """
     # On the shortest sample, which costs least to run twice.
     shortest = requests[min(range(len(requests)), key=lambda i: packed_width(requests[i]))]
+    # The reference, run once for every way tried.
+    whole = last_token_probs(model, [shortest.sequence(k) for k in range(len(shortest.suffixes))], token_ids, pad_id)
     ways = [(cached, free) for cached in ([preamble, None] if preamble else [None])
             for free in ([True, False] if padding_free else [False])]
     for cached, free in ways:
-        agrees, difference = _prefix_sharing_agrees(model, shortest, token_ids, pad_id, cached, free)
+        agrees, difference = _prefix_sharing_agrees(model, shortest, whole, token_ids, pad_id, cached, free)
         if agrees:
             return True, cached, free
         way = [what for what, used in (("with the preamble cached", cached), ("in padding-free batches", free)) if used]
